@@ -1,0 +1,67 @@
+"""`genlab models`, `genlab datasets`, `genlab runs`: tables of what is there."""
+
+from __future__ import annotations
+
+import click
+
+from genlab.cli import cli
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@cli.command(epilog="Example:\n\n  genlab models")
+def models() -> None:
+    """List the registered models, their presets and what each is."""
+    from genlab.config import load_preset, preset_names
+    from genlab.models import MODELS
+
+    presets: dict[str, list[str]] = {}
+    for name in preset_names():
+        owner = load_preset(name).get("model_name")
+        presets.setdefault(owner, []).append(name)
+    rows = [[name, cls.modality, ",".join(presets.get(name, [])), cls.description]
+            for name, cls in MODELS.items()]
+    click.echo(_table(rows, ["model", "data", "presets", "description"]))
+
+
+@cli.command(epilog="""\b
+Examples:
+  genlab datasets
+  genlab datasets --data-dir ~/data/mnist
+""")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Also look for the files in this folder.")
+def datasets(data_dir: str | None) -> None:
+    """List the datasets: size, shape, classes, and whether the files are here."""
+    from genlab.data import dataset_info
+
+    rows = []
+    for d in dataset_info(data_dir):
+        shape = "x".join(str(s) for s in d.get("shape", ())) or "-"
+        rows.append([d["name"], str(d.get("train_size", "-")), str(d.get("test_size", "-")), shape,
+                     str(d.get("num_classes", "-")),
+                     ("yes: " + str(d.get("where", ""))) if d.get("present") else "no",
+                     d.get("description", "")])
+    click.echo(_table(rows, ["name", "train", "test", "shape", "classes", "present", "about"]))
+    click.echo("\nAlso: idx:DIR (four IDX files with the standard names), folder:PATH (images, "
+               "one subfolder per class optional).")
+
+
+@cli.command(epilog="Examples:\n\n  genlab runs\n\n  genlab runs /scratch/runs")
+@click.argument("root", default="runs", type=click.Path(file_okay=False))
+def runs(root: str) -> None:
+    """A table of the runs under ROOT: model, data, steps, last losses."""
+    from genlab.runs import list_runs
+
+    rows = [[r["run"], r["model"], r["data"], str(r["step"]),
+             " ".join(f"{k}={v:.3f}" for k, v in r["losses"].items())] for r in list_runs(root)]
+    if not rows:
+        click.echo(f"no runs under {root}", err=True)
+        return
+    click.echo(_table(rows, ["run", "model", "data", "step", "last losses"]))

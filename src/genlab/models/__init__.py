@@ -1,0 +1,21 @@
+"""The model registry: a dict from name to class. A new model registers here and nowhere else."""
+
+from __future__ import annotations
+
+from genlab.models.base import GenerativeModel
+from genlab.models.gan import DCGAN, MLPGAN
+
+MODELS: dict[str, type[GenerativeModel]] = {
+    MLPGAN.name: MLPGAN,
+    DCGAN.name: DCGAN,
+}
+
+__all__ = ["MODELS", "GenerativeModel", "get_model_class"]
+
+
+def get_model_class(name: str) -> type[GenerativeModel]:
+    from genlab.errors import UserError
+
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; available: {', '.join(MODELS)} (see genlab models)")
+    return MODELS[name]

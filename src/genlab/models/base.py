@@ -1,0 +1,136 @@
+"""The one small contract every genlab model follows (see docs/architecture.md).
+
+- `Model(config)` builds layers and nothing else.
+- `model.loss(batch) -> dict[str, Tensor]` always holds `"loss"`; other keys are logged.
+- `model.configure_optimizers(train_config) -> dict[str, Optimizer]`.
+- `model.train_step(batch, optimizers) -> dict[str, Tensor]`: one optimisation step. Values are
+  detached scalars left on the device, so the trainer syncs only when it logs.
+- `model.sample(n, *, generator=None, **kw)`: images `(N, C, H, W)` in `[0, 1]`, or token ids.
+
+A batch is a dict: image models get `{"images": uint8 (B, C, H, W), "labels": int64 (B,)}` (labels
+only when the data has them) and convert to their own value range; text models get `{"tokens": ...}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from genlab.config import TrainConfig
+from genlab.errors import UserError
+
+
+class GenerativeModel(nn.Module):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_class: ClassVar[type]
+    modality: ClassVar[str] = "image"  # "image" or "text"
+    default_preset: ClassVar[str | None] = None  # preset applied when the user names none
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self._amp_device: str | None = None  # set by `set_precision`
+
+    # --- configuration -----------------------------------------------------------------------
+
+    @classmethod
+    def config_for_data(cls, config: Any, data: Any, *, conditional: bool) -> Any:
+        """Fill the config fields that come from the data (shape, classes). Called before building."""
+        return config
+
+    def validate_train_config(self, train: TrainConfig) -> None:
+        """Cross-checks between this model and the training config; raise `UserError`."""
+
+    # --- precision -----------------------------------------------------------------------------
+
+    def set_precision(self, precision: str, device_type: str) -> None:
+        self._amp_device = device_type if precision == "bf16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for forward passes when the run asked for it; backward runs outside."""
+        if self._amp_device is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._amp_device, dtype=torch.bfloat16)
+
+    def compile_networks(self) -> None:
+        """`torch.compile` each network in place (state-dict keys stay the same)."""
+        for module in self.children():
+            module.compile()
+
+    # --- training ------------------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # every model defines its loss
+
+    def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        return {"main": make_optimizer(self.parameters(), train)}
+
+    def train_step(
+        self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
+        *, grad_accum: int = 1, grad_clip: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Backward over `grad_accum` micro-batches, optional clipping, one optimizer step."""
+        (optimizer,) = optimizers.values()
+        totals: dict[str, torch.Tensor] = {}
+        chunks = [dict(zip(batch, vals)) for vals in zip(*(v.chunk(grad_accum) for v in
+                                                          batch.values()))]
+        for chunk in chunks:
+            with self.autocast():
+                out = self.loss(chunk)
+            (out["loss"] / len(chunks)).backward()
+            for key, value in out.items():
+                value = value.detach().float() / len(chunks)
+                totals[key] = totals[key] + value if key in totals else value
+        if grad_clip > 0:
+            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: Any) -> torch.Tensor:
+        raise NotImplementedError  # every model defines how it samples
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """JSON-serialisable state beside the weights (a tokenizer, say)."""
+        return {}
+
+    def load_checkpoint_extras(self, extras: dict[str, Any]) -> None:
+        pass
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def make_optimizer(params: Any, train: TrainConfig, **overrides: Any) -> torch.optim.Optimizer:
+    """Adam or AdamW from the train config. AdamW decays only matrices (not biases, norms)."""
+    params = [p for p in params if p.requires_grad]
+    lr = overrides.get("lr", train.lr)
+    betas = overrides.get("betas", (train.beta1, train.beta2))
+    # fused kernels are a large win on CUDA; the foreach path is the fast one on CPU
+    fused = bool(params) and params[0].is_cuda
+    if train.optimizer == "adamw":
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": train.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
+    raise UserError(f"unknown optimizer {train.optimizer!r}; allowed: adam, adamw")
+
+
+def images_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def unit_to_signed(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1], the range of a tanh generator."""
+    return x.mul(2.0).sub_(1.0)

@@ -1,0 +1,380 @@
+"""GANs: the documents' MLP GAN (`gan`) and DCGAN (`dcgan`), unconditional or class-conditional.
+
+The adversarial update lives here, in `GAN.train_step`: one discriminator step (or `d_steps`), then one
+generator step, then the EMA of the generator. Data is scaled to [-1, 1] to match the generator's
+tanh; `sample` maps back to [0, 1]. Losses come from `gan_losses.py` by name.
+
+DCGAN: Radford et al. 2015 (https://arxiv.org/abs/1511.06434). Projection discriminator for the
+conditional variant: Miyato & Koyama 2018 (https://arxiv.org/abs/1802.05637).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from genlab.config import TrainConfig
+from genlab.errors import UserError
+from genlab.models.base import GenerativeModel, images_to_unit, make_optimizer, unit_to_signed
+from genlab.models.gan_losses import LOSSES, gradient_penalty
+
+
+@dataclass
+class GANConfig:
+    channels: int = 0  # from the data (0 = fill in from the dataset)
+    image_size: int = 0  # square side; 0 = the data's native size, else images are resized once
+    num_classes: int = 0  # > 0 makes the model class-conditional (`--conditional`)
+    nz: int = 100  # latent dimension
+    loss: Literal["ns", "hinge", "wgan-gp"] = "ns"
+    gp_weight: float = 10.0  # lambda of the WGAN-GP penalty
+    d_steps: int = 1  # discriminator steps per generator step (WGAN-GP uses 5)
+    d_norm: Literal["auto", "batch", "layer", "none"] = "auto"  # auto: batch, or layer for wgan-gp
+    ema_decay: float = 0.999  # EMA of generator weights, used for sampling; 0 = off
+    sample_ema: bool = True  # sample from the EMA generator
+
+    def validate(self) -> None:
+        if self.channels <= 0 or self.image_size <= 0:
+            raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
+        if self.loss == "wgan-gp" and self.d_norm == "batch":
+            raise UserError("model.d_norm=batch cannot be used with model.loss=wgan-gp: the gradient "
+                            "penalty is per example; use d_norm=layer or none")
+        if self.d_steps < 1:
+            raise UserError(f"model.d_steps must be >= 1, got {self.d_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def discriminator_norm(self) -> str:
+        if self.d_norm == "auto":
+            return "layer" if self.loss == "wgan-gp" else "batch"
+        return self.d_norm
+
+
+def _norm_2d(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)  # layer norm over (C, H, W), per example
+    return nn.Identity()
+
+
+class GAN(GenerativeModel):
+    """Shared adversarial training; subclasses build `generator` and `discriminator`."""
+
+    config_class = GANConfig
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__(config)
+        config.validate()
+        self.generator, self.discriminator = self.build_networks(config)
+        self.generator_ema: nn.Module | None = None
+        if config.ema_decay > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    def build_networks(self, config: Any) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError  # subclasses build their own networks
+
+    @classmethod
+    def config_for_data(cls, config: Any, data: Any, *, conditional: bool) -> Any:
+        c, h, w = data.images.shape[1:]
+        if h != w:
+            raise UserError(f"{cls.name} needs square images, the data has {h}x{w}")
+        changes = {"channels": c, "image_size": config.image_size or h}
+        if conditional:
+            if not data.num_classes:
+                raise UserError(f"--conditional needs labels, and {data.name} has none")
+            changes["num_classes"] = data.num_classes
+        return type(config)(**{**config.__dict__, **changes})
+
+    def validate_train_config(self, train: TrainConfig) -> None:
+        if train.grad_accum != 1:
+            raise UserError("GANs update two networks in turn; train.grad_accum must be 1")
+
+    def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": make_optimizer(self.generator.parameters(), train),
+                "discriminator": make_optimizer(self.discriminator.parameters(), train)}
+
+    # --- losses ------------------------------------------------------------------------------------
+
+    def _real(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        real = unit_to_signed(images_to_unit(batch["images"]))
+        labels = batch.get("labels") if self.config.num_classes else None
+        return real, labels
+
+    def _noise(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | None = None) -> Tensor:
+        return torch.randn(n, self.config.nz, device=device or self.device, generator=generator)
+
+    def _penalty(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> Tensor:
+        # in fp32: the double backward of a bf16 critic is noisy
+        with torch.autocast(real.device.type, enabled=False):
+            return gradient_penalty(lambda x: self.discriminator(x.float(), labels), real.float(),
+                                    fake.float())
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Both losses on one batch, without updating anything (the contract's view of a GAN)."""
+        d_fn, g_fn = LOSSES[self.config.loss]
+        real, labels = self._real(batch)
+        fake = self.generator(self._noise(real.shape[0]), labels)
+        d_loss = d_fn(self.discriminator(real, labels), self.discriminator(fake.detach(), labels))
+        if self.config.loss == "wgan-gp":
+            d_loss = d_loss + self.config.gp_weight * self._penalty(real, fake, labels)
+        g_loss = g_fn(self.discriminator(fake, labels))
+        return {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss}
+
+    def train_step(
+        self, batch: dict[str, Tensor], optimizers: dict[str, torch.optim.Optimizer],
+        *, grad_accum: int = 1, grad_clip: float = 0.0,
+    ) -> dict[str, Tensor]:
+        d_fn, g_fn = LOSSES[self.config.loss]
+        opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
+        real, labels = self._real(batch)
+        n = real.shape[0]
+        out: dict[str, Tensor] = {}
+        # Discriminator. With one D step the fakes are reused by the G step, as in the DCGAN paper.
+        for _ in range(self.config.d_steps):
+            with self.autocast():
+                fake = self.generator(self._noise(n), labels)
+                real_logits = self.discriminator(real, labels)
+                fake_logits = self.discriminator(fake.detach(), labels)
+                d_loss = d_fn(real_logits, fake_logits)
+            if self.config.loss == "wgan-gp":
+                gp = self._penalty(real, fake, labels)
+                out["gp"] = gp.detach()
+                d_loss = d_loss + self.config.gp_weight * gp
+            d_loss.backward()
+            self._clip(self.discriminator, grad_clip)
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+        # Generator: gradients flow through D; D's own weight gradients are not needed.
+        self.discriminator.requires_grad_(False)
+        with self.autocast():
+            g_loss = g_fn(self.discriminator(fake, labels))
+        g_loss.backward()
+        self.discriminator.requires_grad_(True)
+        self._clip(self.generator, grad_clip)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        self.update_ema()
+        out.update(loss=(d_loss + g_loss).detach().float(), d_loss=d_loss.detach().float(),
+                   g_loss=g_loss.detach().float(),
+                   d_real=real_logits.detach().float().mean(),
+                   d_fake=fake_logits.detach().float().mean())
+        return out
+
+    @staticmethod
+    def _clip(module: nn.Module, max_norm: float) -> None:
+        if max_norm > 0:
+            nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+    # --- EMA ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA of generator weights with a warm-up, so short runs are not dominated by the init."""
+        if self.generator_ema is None:
+            return
+        self.ema_steps += 1
+        # decay grows as (1 + t) / (10 + t) up to ema_decay (the warm-up used by TF's EMA)
+        t = self.ema_steps.float()
+        decay = torch.clamp((1.0 + t) / (10.0 + t), max=self.config.ema_decay)
+        ema_params = list(self.generator_ema.parameters())
+        params = list(self.generator.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buf, buf in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            ema_buf.copy_(buf)
+
+    # --- sampling ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               labels: Tensor | int | None = None, use_ema: bool | None = None,
+               batch_size: int = 500) -> Tensor:
+        """`n` images `(N, C, H, W)` in [0, 1]. `labels`: a class index or a tensor of `n` indices
+        (conditional models; random classes when omitted)."""
+        net = self.generator
+        if (self.config.sample_ema if use_ema is None else use_ema) and self.generator_ema:
+            net = self.generator_ema
+        device = self.device
+        labels = self._sample_labels(n, labels, generator, device)
+        was_training = net.training
+        net.eval()
+        chunks = []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            z = self._noise(m, generator, device)
+            y = labels[start:start + m] if labels is not None else None
+            chunks.append(net(z, y).float())
+        net.train(was_training)
+        return torch.cat(chunks).add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
+
+    def _sample_labels(self, n: int, labels: Tensor | int | None,
+                       generator: torch.Generator | None, device: torch.device) -> Tensor | None:
+        k = self.config.num_classes
+        if not k:
+            if labels is not None:
+                raise UserError("--label needs a conditional model (train with --conditional)")
+            return None
+        if labels is None:
+            return torch.randint(0, k, (n,), device=device, generator=generator)
+        labels = torch.as_tensor(labels, device=device, dtype=torch.long)
+        if labels.dim() == 0:
+            labels = labels.expand(n)
+        if labels.numel() != n or labels.min() < 0 or labels.max() >= k:
+            raise UserError(f"labels must be {n} class indices in [0, {k - 1}]")
+        return labels
+
+
+# --- the MLP GAN -----------------------------------------------------------------------------------
+
+@dataclass
+class MLPGANConfig(GANConfig):
+    nz: int = 64
+    hidden: int = 256  # width of the first generator layer (doubled per layer) and last D layer
+
+
+class MLPGenerator(nn.Module):
+    def __init__(self, config: MLPGANConfig) -> None:
+        super().__init__()
+        h, k = config.hidden, config.num_classes
+        self.shape = (config.channels, config.image_size, config.image_size)
+        self.embed = nn.Embedding(k, config.nz) if k else None
+        in_dim = config.nz * (2 if k else 1)
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, h), nn.LeakyReLU(0.2),
+            nn.Linear(h, 2 * h), nn.BatchNorm1d(2 * h), nn.LeakyReLU(0.2),
+            nn.Linear(2 * h, 4 * h), nn.BatchNorm1d(4 * h), nn.LeakyReLU(0.2),
+            nn.Linear(4 * h, math.prod(self.shape)), nn.Tanh(),
+        )
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)  # embedding conditioning
+        return self.net(z).view(-1, *self.shape)  # (B, C, H, W)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, config: MLPGANConfig) -> None:
+        super().__init__()
+        h = config.hidden
+        in_dim = config.channels * config.image_size ** 2
+        layer_norm = config.discriminator_norm == "layer"
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_dim, 2 * h), nn.LeakyReLU(0.2),
+            nn.Linear(2 * h, h), nn.LayerNorm(h) if layer_norm else nn.Identity(),
+            nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(h, 1)
+        self.embed = nn.Embedding(config.num_classes, h) if config.num_classes else None
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = self.body(x)
+        logits = self.head(h).squeeze(1)
+        if self.embed is not None:
+            logits = logits + (self.embed(labels) * h).sum(1)  # projection
+        return logits
+
+
+class MLPGAN(GAN):
+    name = "gan"
+    description = "the documents' MLP GAN, fixed: logits, non-saturating loss, [-1, 1] data"
+    config_class = MLPGANConfig
+    default_preset = "gan"
+
+    def build_networks(self, config: MLPGANConfig) -> tuple[nn.Module, nn.Module]:
+        return MLPGenerator(config), MLPDiscriminator(config)
+
+
+# --- DCGAN -----------------------------------------------------------------------------------------
+
+@dataclass
+class DCGANConfig(GANConfig):
+    ngf: int = 64  # generator feature maps at the last layer (doubled per layer towards z)
+    ndf: int = 64  # discriminator feature maps at the first layer
+
+
+def dcgan_layout(size: int) -> tuple[int, int]:
+    """`(base, n_up)` with `size = base * 2**n_up`, base in 3..7: 28 -> (7, 2), 64 -> (4, 4)."""
+    n_up = 0
+    while size % 2 == 0 and size // 2 >= 3 and size > 7:
+        size //= 2
+        n_up += 1
+    if not 3 <= size <= 7 or n_up < 1:
+        raise UserError(f"dcgan needs an image side of base * 2^k with base 3..7 (e.g. 28, 32, 64), "
+                        f"got {size * 2 ** n_up}")
+    return size, n_up
+
+
+def _init_dcgan(module: nn.Module) -> None:
+    """N(0, 0.02) conv weights and N(1, 0.02) batch-norm scales, as in the DCGAN paper."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGenerator(nn.Module):
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        base, n_up = dcgan_layout(config.image_size)
+        k = config.num_classes
+        self.embed = nn.Embedding(k, config.nz) if k else None
+        ch = config.ngf * 2 ** (n_up - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(config.nz * (2 if k else 1), ch, base, 1, 0, bias=False),
+            nn.BatchNorm2d(ch), nn.ReLU(True),
+        ]
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, config.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(_init_dcgan)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        return self.net(z[:, :, None, None])  # (B, nz, 1, 1) -> (B, C, H, W)
+
+
+class DCDiscriminator(nn.Module):
+    def __init__(self, config: DCGANConfig) -> None:
+        super().__init__()
+        base, n_up = dcgan_layout(config.image_size)
+        norm = config.discriminator_norm
+        ch = config.ndf
+        layers: list[nn.Module] = [nn.Conv2d(config.channels, ch, 4, 2, 1, bias=False),
+                                   nn.LeakyReLU(0.2, True)]
+        for _ in range(n_up - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm_2d(norm, ch * 2),
+                       nn.LeakyReLU(0.2, True)]
+            ch *= 2
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(ch, 1, base, 1, 0, bias=False)
+        self.embed = nn.Embedding(config.num_classes, ch) if config.num_classes else None
+        self.apply(_init_dcgan)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = self.body(x)  # (B, ch, base, base)
+        logits = self.head(h).flatten()
+        if self.embed is not None:
+            logits = logits + (self.embed(labels) * h.sum((2, 3))).sum(1)  # projection
+        return logits
+
+
+class DCGAN(GAN):
+    name = "dcgan"
+    description = "DCGAN at the data's native size (28, 32, ...); preset dcgan64 is the classic 64x64"
+    config_class = DCGANConfig
+    default_preset = "dcgan"
+
+    def build_networks(self, config: DCGANConfig) -> tuple[nn.Module, nn.Module]:
+        return DCGenerator(config), DCDiscriminator(config)

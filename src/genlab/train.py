@@ -1,0 +1,256 @@
+"""The one training loop, for every model.
+
+The loop counts steps. Each step takes the batch for that step (a pure function of seed and step, so a
+resumed run sees the same batches), calls `model.train_step`, and keeps the returned scalars on the
+device until a log step, so the hot path never waits for the device. Model-specific updates (a
+GAN's two optimizers, say) live in the model, never here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from genlab.config import TrainConfig
+from genlab.errors import NonFiniteLossError
+from genlab.models.base import GenerativeModel
+
+
+class Batcher(Protocol):
+    """Gives the training batch of any step; the same (seed, step) always gives the same batch."""
+
+    steps_per_epoch: int
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]: ...
+
+
+class ImageBatcher:
+    """Batches from a uint8 image tensor kept whole on the training device.
+
+    Each epoch is a permutation seeded by (seed, epoch); step s takes slice s % steps_per_epoch of it
+    (the last partial batch is dropped). No per-sample Python work, no worker processes. With several
+    ranks, each takes its contiguous share of the global batch.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
+                 seed: int, device: torch.device | str, rank: int = 0, world_size: int = 1) -> None:
+        n = images.shape[0]
+        if n < batch_size:
+            raise_small(n, batch_size)
+        self.images = images.to(device)
+        self.labels = labels.to(device) if labels is not None else None
+        self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
+        self.steps_per_epoch = n // batch_size
+        self.local = batch_size // world_size
+        self.offset = rank * self.local
+        self._epoch, self._perm = -1, torch.empty(0)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.images.shape[0], generator=g).to(self.device)
+            self._epoch = epoch
+        return self._perm
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        start = pos * self.batch_size + self.offset
+        idx = self._permutation(epoch)[start:start + self.local]
+        out = {"images": self.images[idx]}
+        if self.labels is not None:
+            out["labels"] = self.labels[idx]
+        return out
+
+
+def raise_small(n: int, batch_size: int) -> None:
+    from genlab.errors import UserError
+
+    raise UserError(f"the training set has {n} examples, fewer than one batch of {batch_size}; "
+                    "lower --batch-size")
+
+
+def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up, then constant or cosine decay to `lr * min_lr_ratio` over lr_decay_steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    decay_steps = cfg.lr_decay_steps or total_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Hooks:
+    """What the loop calls besides the model; all optional. Paths are inside the run folder."""
+
+    save: Callable[[str, int], None] | None = None  # (checkpoint name, step)
+    sample: Callable[[int], None] | None = None  # write samples at a step
+    evaluate: Callable[[int], dict[str, float]] | None = None  # metrics at a step
+    best_metric: str | None = None  # key of `evaluate`'s result; lower is better
+    extra_log: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, model: GenerativeModel, optimizers: dict[str, torch.optim.Optimizer],
+                 batcher: Batcher, cfg: TrainConfig, run_dir: Path, *, total_steps: int,
+                 start_step: int = 0, hooks: Hooks | None = None, is_main: bool = True,
+                 best_value: float | None = None, step_fn: Callable | None = None) -> None:
+        self.model, self.optimizers, self.batcher, self.cfg = model, optimizers, batcher, cfg
+        self.run_dir, self.total_steps, self.step = Path(run_dir), total_steps, start_step
+        self.hooks = hooks or Hooks()
+        self.is_main = is_main
+        self.best_value = best_value
+        # the DDP wrapper supplies its own step function; by default the model's own
+        self.step_fn = step_fn or model.train_step
+        self.images_per_step = cfg.batch_size
+
+    def _set_lr(self, step: int) -> float:
+        lr = get_lr(step, self.cfg, self.cfg.lr_decay_steps or self.total_steps)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def fit(self) -> dict[str, float]:
+        """Train to `total_steps`; checkpoint on schedule, at the end and on Ctrl-C."""
+        cfg = self.cfg
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        count, last = 0, {}
+        t_log = time.perf_counter()
+        progress = _Progress(self.total_steps, self.step, enabled=self.is_main)
+        stop = _StopFlag()
+        try:
+            while self.step < self.total_steps and not stop.requested:
+                lr = self._set_lr(self.step)
+                out = self.step_fn(self.batcher.batch(self.step), self.optimizers,
+                                   grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip)
+                for k, v in out.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                count += 1
+                self.step += 1
+                at_end = self.step == self.total_steps
+                if self.step % cfg.log_every == 0 or at_end:
+                    means = {k: v.item() / count for k, v in sums.items()}
+                    if not all(math.isfinite(v) for v in means.values()):
+                        raise NonFiniteLossError(
+                            f"non-finite loss at step {self.step} ({_fmt(means)}); stopped, the last "
+                            "good checkpoint is kept; try a lower train.lr or --precision fp32")
+                    elapsed = time.perf_counter() - t_log
+                    rate = count * self.images_per_step / max(elapsed, 1e-9)
+                    last = means
+                    self._log({"step": self.step, **means, "lr": lr, "items_per_s": rate,
+                               "time": time.time()})
+                    progress.update(self.step, means, rate)
+                    sums, count, t_log = {}, 0, time.perf_counter()
+                if self._due(cfg.eval_every, at_end) and self.hooks.evaluate:
+                    self._evaluate()
+                if self._due(cfg.sample_every, at_end) and self.hooks.sample and self.is_main:
+                    self.hooks.sample(self.step)
+                    self.model.train()
+                if self._due(cfg.checkpoint_every, at_end):
+                    self._save("checkpoint")
+        finally:
+            progress.close()
+            stop.restore()
+        if stop.requested:
+            self._save("checkpoint")  # at a step boundary, so a resume continues exactly
+            raise KeyboardInterrupt
+        return last
+
+    def _due(self, every: int, at_end: bool) -> bool:
+        return at_end or (every > 0 and self.step % every == 0)
+
+    def _save(self, name: str) -> None:
+        if self.hooks.save:
+            self.hooks.save(name, self.step)
+
+    def _evaluate(self) -> None:
+        metrics = self.hooks.evaluate(self.step)
+        self.model.train()
+        key = self.hooks.best_metric
+        if key and key in metrics and (self.best_value is None or metrics[key] < self.best_value):
+            self.best_value = metrics[key]
+            self._save("best")
+        self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()},
+                   "time": time.time()})
+        if self.is_main:
+            print(f"eval step {self.step}: {_fmt(metrics)}", file=sys.stderr)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+class _StopFlag:
+    """Ctrl-C or SIGTERM (a scheduler's stop) ends the loop at the next step boundary, so the
+    checkpoint never holds a half-done step. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain log lines otherwise, so CI logs stay readable."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        self.total, self.last = total, start
+        self.t0 = time.perf_counter()
+        self.start = start
+
+    def update(self, step: int, means: dict[str, float], rate: float) -> None:
+        if not self.enabled:
+            return
+        shown = {k: v for k, v in means.items() if k in ("loss", "d_loss", "g_loss", "kl", "nll")}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix_str(f"{_fmt(shown)} {rate:,.0f} it/s", refresh=False)
+        else:
+            spent = time.perf_counter() - self.t0
+            eta = spent / max(1, step - self.start) * (self.total - step)
+            print(f"step {step}/{self.total} {_fmt(shown)} {rate:,.0f} items/s eta {eta:.0f}s",
+                  file=sys.stderr, flush=True)
+        self.last = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
