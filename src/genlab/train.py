@@ -115,6 +115,7 @@ class Trainer:
         # the DDP wrapper supplies its own step function; by default the model's own
         self.step_fn = step_fn or model.train_step
         self.images_per_step = cfg.batch_size
+        self._tensorboard: Any = None  # None: not tried yet; False: TensorBoard not installed
 
     def _set_lr(self, step: int) -> float:
         lr = get_lr(step, self.cfg, self.cfg.lr_decay_steps or self.total_steps)
@@ -165,6 +166,9 @@ class Trainer:
         finally:
             progress.close()
             stop.restore()
+            if self._tensorboard:
+                self._tensorboard.close()
+                self._tensorboard = None
         if stop.requested:
             self._save("checkpoint")  # at a step boundary, so a resume continues exactly
             raise KeyboardInterrupt
@@ -194,6 +198,23 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self._tensorboard is None:
+            self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
+        if self._tensorboard:
+            for key, value in row.items():
+                if key not in ("step", "time"):
+                    self._tensorboard.add_scalar(key, value, row["step"])
+
+
+def _tensorboard_writer(log_dir: Path) -> Any:
+    """A SummaryWriter when the `tensorboard` package is installed (optional), else False."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return False
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
 
 
 def _fmt(values: dict[str, float]) -> str:

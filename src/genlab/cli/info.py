@@ -41,16 +41,17 @@ def datasets(data_dir: str | None) -> None:
     """List the datasets: size, shape, classes, and whether the files are here."""
     from genlab.data import dataset_info
 
-    rows = []
-    for d in dataset_info(data_dir):
-        shape = "x".join(str(s) for s in d.get("shape", ())) or "-"
-        rows.append([d["name"], str(d.get("train_size", "-")), str(d.get("test_size", "-")), shape,
-                     str(d.get("num_classes", "-")),
-                     ("yes: " + str(d.get("where", ""))) if d.get("present") else "no",
-                     d.get("description", "")])
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return "x".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    rows = [[d["name"], cell(d.get("train_size")), cell(d.get("test_size")), cell(d.get("shape")),
+             cell(d.get("num_classes")),
+             f"yes ({d['where']})" if d.get("present_locally")
+             else "-" if d.get("train_size") is None else "no",
+             d.get("description", "")] for d in dataset_info(data_dir)]
     click.echo(_table(rows, ["name", "train", "test", "shape", "classes", "present", "about"]))
-    click.echo("\nAlso: idx:DIR (four IDX files with the standard names), folder:PATH (images, "
-               "one subfolder per class optional).")
 
 
 @cli.command(epilog="Examples:\n\n  genlab runs\n\n  genlab runs /scratch/runs")
