@@ -4,7 +4,7 @@ A checkpoint is a folder:
 
     model.safetensors      weights (no pickled code)
     optimizers.safetensors optimizer state tensors (absent in weights-only exports)
-    rng.safetensors        torch RNG states (CPU and each CUDA device)
+    rng.safetensors        torch RNG states of every rank: cpu.rank{r} (and cuda.rank{r}, its GPU)
     state.json             model kind + config, train config, step, genlab version, optimizer layout
     manifest.json          SHA-256 of every file above
 
@@ -99,9 +99,12 @@ def _unflatten_optimizer(layout: dict, tensors: dict[str, torch.Tensor]) -> dict
 
 def save_checkpoint(
     path: str | os.PathLike, model: torch.nn.Module, *, meta: dict[str, Any],
-    optimizers: dict[str, torch.optim.Optimizer] | None = None, rng: bool = True,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    rng: bool | dict[str, torch.Tensor] = True,
 ) -> Path:
-    """Write a checkpoint folder at `path` atomically. `meta` must be JSON-serialisable."""
+    """Write a checkpoint folder at `path` atomically. `meta` must be JSON-serialisable. `rng`:
+    True saves this process's RNG states as rank 0; several ranks pass the states gathered from
+    all of them (`DistContext.gather_rng`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
@@ -116,11 +119,9 @@ def save_checkpoint(
             save_file(tensors, str(tmp / "optimizers.safetensors"))
             state["optimizers"] = layouts
         if rng:
-            rng_states = {"cpu": torch.get_rng_state()}
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                    rng_states[f"cuda.{i}"] = s
-            save_file(rng_states, str(tmp / "rng.safetensors"))
+            states = rng if isinstance(rng, dict) else {
+                f"{key}.rank0": state for key, state in rng_states().items()}
+            save_file(states, str(tmp / "rng.safetensors"))
         (tmp / STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
         manifest = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -128,10 +129,11 @@ def save_checkpoint(
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        # swap in: old -> .old, new -> path, drop old. A reader finding only .old uses it.
+        # swap in: old -> .old, new -> path, drop old. A reader finding only .old uses it, so
+        # a .old left alone by an earlier crash is kept until the new checkpoint is in place.
         old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -194,12 +196,36 @@ def load_optimizers(path: str | os.PathLike, optimizers: dict[str, torch.optim.O
     for name, opt in optimizers.items():
         sd = _unflatten_optimizer(state["optimizers"][name], tensors)
         opt.load_state_dict(sd)
+        _match_param_layout(opt)
 
 
-def load_rng(path: str | os.PathLike) -> None:
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give loaded state tensors (saved contiguous) their parameter's memory layout, e.g. the
+    channels_last convs of a DCGAN: fused CUDA Adam refuses differing strides, foreach slows down."""
+    for param, slots in opt.state.items():
+        for key, value in slots.items():
+            if torch.is_tensor(value) and value.shape == param.shape \
+                    and value.stride() != param.stride():
+                slots[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def rng_states() -> dict[str, torch.Tensor]:
+    """This process's RNG states: the CPU generator and that of its current GPU, if it used one."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def load_rng(path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> bool:
+    """Restore rank `rank`'s RNG states. False (nothing restored) when the checkpoint was saved by
+    another number of processes."""
     path = resolve_checkpoint(path)
     states = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(states["cpu"])
-    cuda = [states[k] for k in sorted(states) if k.startswith("cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    if sum(key.startswith("cpu.rank") for key in states) != world_size:
+        return False
+    torch.set_rng_state(states[f"cpu.rank{rank}"])
+    cuda = states.get(f"cuda.rank{rank}")
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)  # the current device: this rank's GPU
+    return True

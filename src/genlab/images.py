@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 
 from genlab.checkpoint import atomic_write_bytes
+from genlab.train import read_metrics
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,7 @@ def save_npz(images: torch.Tensor, path: str | Path, labels: torch.Tensor | None
 
 def plot_losses(metrics_path: str | Path, out: str | Path) -> Path | None:
     """`loss.png`: every logged loss against the step. None when nothing was logged."""
-    rows = []
-    metrics_path = Path(metrics_path)
-    if metrics_path.is_file():
-        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
         return None
     import matplotlib

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from genlab import __version__
 from genlab.checkpoint import (
     atomic_write_text,
     load_optimizers,
-    load_rng,
     load_weights,
     read_state,
     resolve_checkpoint,
@@ -38,7 +37,8 @@ from genlab.config import (
 )
 from genlab.errors import UserError
 from genlab.models import GenerativeModel, get_model_class
-from genlab.train import Hooks, ImageBatcher, Trainer
+from genlab.text.modality import make_text_evaluator, prepare_text, write_text_samples
+from genlab.train import Hooks, ImageBatcher, Trainer, read_metrics
 
 RUN_FILE = "run.json"
 
@@ -69,6 +69,8 @@ class Prepared:
     batcher: Any
     model_config: Any
     data_info: dict[str, Any]  # recorded in run.json (name, sha256, sizes)
+    # model state that comes from the data (a text tokenizer): given to load_checkpoint_extras
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_images(spec: str, data_dir: str | None, model_cls: type[GenerativeModel],
@@ -108,14 +110,25 @@ def write_image_samples(model: GenerativeModel, run_dir: Path, step: int, seed: 
 
 
 # One entry per modality ("image", "text"). A new modality registers its functions here.
-PREPARE: dict[str, Callable[..., Prepared]] = {"image": prepare_images}
+PREPARE: dict[str, Callable[..., Prepared]] = {"image": prepare_images, "text": prepare_text}
 WRITE_SAMPLES: dict[str, Callable[[GenerativeModel, Path, int, int], Path]] = {
     "image": write_image_samples,
+    "text": write_text_samples,
 }
 # factory(model, prepared, record, data_dir, device) -> (evaluate(step) -> metrics, best_metric)
 # or None when the run has nothing to evaluate; used when train.eval_every > 0. Lower is better.
 EvaluatorFactory = Callable[..., tuple[Callable[[int], dict[str, float]], str] | None]
-EVALUATORS: dict[str, EvaluatorFactory] = {}
+
+
+def evaluate_images(*args: Any, **kwargs: Any) -> Any:
+    """FD/KID against held-out images in a feature net's space (genlab.evaluate, loaded lazily)."""
+    from genlab.evaluate import training_evaluator
+
+    return training_evaluator(*args, **kwargs)
+
+
+EVALUATORS: dict[str, EvaluatorFactory] = {"image": evaluate_images,
+                                             "text": make_text_evaluator}
 
 
 # --- building configs -----------------------------------------------------------------------------
@@ -210,11 +223,13 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
     model_config = config_from_dict(model_cls.config_class, record["model_config"], "model")
     train_cfg = config_from_dict(TrainConfig, record["train_config"], "train")
     device = dist.device(resolve_device(req.device))
+    dist.validate(train_cfg)
     torch.manual_seed(train_cfg.seed + dist.rank)
-    prepared = PREPARE[model_cls.modality](
-        record["data"], req.data_dir if req.data_dir is not None else record.get("data_dir"),
-        model_cls, model_config, train_cfg, conditional=record["conditional"], device=device,
-        rank=dist.rank, world_size=dist.world_size)
+    with dist.main_first():  # one process per node fills the data caches, the others reuse them
+        prepared = PREPARE[model_cls.modality](
+            record["data"], req.data_dir if req.data_dir is not None else record.get("data_dir"),
+            model_cls, model_config, train_cfg, conditional=record["conditional"], device=device,
+            rank=dist.rank, world_size=dist.world_size)
     if start is not None and prepared.data_info.get("sha256") != record["data_info"].get("sha256"):
         raise UserError(f"--resume: the data {record['data']} differs from the data the run "
                         "started with (checksum changed); resume with the same data")
@@ -222,6 +237,11 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
     if hasattr(model_config, "validate"):
         model_config.validate()
     model = model_cls(model_config).to(device)
+    if device.type == "cuda":
+        # shapes are fixed within a run, so cuDNN may time its conv algorithms once and keep the
+        # fastest (pytorch/examples dcgan does too); GPU convs are not bit-reproducible anyway
+        torch.backends.cudnn.benchmark = True
+    model.load_checkpoint_extras(prepared.extras)
     model.validate_train_config(train_cfg)
     model.set_precision(train_cfg.precision, device.type)
     optimizers = model.configure_optimizers(train_cfg)
@@ -236,11 +256,13 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
         ckpt = run_dir / "checkpoint"
         load_weights(ckpt, model)
         load_optimizers(ckpt, optimizers, start)
-        load_rng(ckpt)
+        dist.restore_rng(ckpt, seed=train_cfg.seed, step=start["step"], log=log)
         step, best = start["step"], start.get("best_value")
         if total <= step:
             raise UserError(f"--resume: the run is already at step {step}; pass --steps N with N "
                             f"> {step} (N is the total number of steps)")
+        if dist.is_main:
+            _trim_metrics(run_dir / "metrics.jsonl", step)
     elif req.init_from:
         src = Path(req.init_from) / "checkpoint"
         state = read_state(src)
@@ -258,18 +280,19 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
         log(f"run folder: {run_dir}")
-    ddp_step = dist.wrap(model)
+    ddp_step = dist.wrap(model, optimizers)
     if train_cfg.compile:
-        model.compile_networks()
+        model.compile_networks(train_cfg.compile_mode)
 
     def save(name: str, at: int) -> None:
+        rng = dist.gather_rng()  # a collective: every rank takes part, rank 0 alone writes
         if not dist.is_main:
             return
         meta = {"model": record["model"], "model_config": record["model_config"],
                 "train_config": record["train_config"], "step": at, "data": record["data"],
                 "best_value": trainer.best_value, "extras": model.checkpoint_extras()}
         save_checkpoint(run_dir / name, model, meta=meta,
-                        optimizers=optimizers if name == "checkpoint" else None)
+                        optimizers=optimizers if name == "checkpoint" else None, rng=rng)
 
     writer = WRITE_SAMPLES.get(model_cls.modality)
     hooks = Hooks(save=save,
@@ -279,11 +302,13 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
         made = factory(model, prepared, record, req.data_dir or record.get("data_dir"), device)
         if made is not None:
             hooks.evaluate, hooks.best_metric = made
+            hooks.evaluate = dist.evaluate_together(hooks.evaluate, model)
     trainer = Trainer(model, optimizers, prepared.batcher, train_cfg, run_dir, total_steps=total,
                       start_step=step, hooks=hooks, is_main=dist.is_main, best_value=best,
-                      step_fn=ddp_step)
+                      step_fn=ddp_step, dist=dist)
     try:
-        trainer.fit()
+        with dist.failures_reported():
+            trainer.fit()
     except KeyboardInterrupt:
         if dist.is_main:
             log(f"interrupted at step {trainer.step}; checkpoint saved. Continue with: "
@@ -296,6 +321,14 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
             plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
         dist.close()
     return run_dir
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the metrics rows up to the checkpoint being resumed: rows logged after it (before a
+    crash) describe steps that will be trained again, and a half-written last line is dropped."""
+    if path.is_file():
+        rows = [row for row in read_metrics(path) if row.get("step", 0) <= step]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _new_record(req: TrainRequest, is_main: bool) -> dict[str, Any]:
@@ -382,12 +415,9 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         last: dict[str, Any] = {}
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.is_file():
-            for line in metrics.read_text().splitlines():
-                row = json.loads(line) if line.strip() else {}
-                if "loss" in row:
-                    last = row
+        for row in read_metrics(run_dir / "metrics.jsonl"):
+            if "loss" in row:
+                last = row
         rows.append({"run": str(run_dir), "model": record.get("model"), "data": record.get("data"),
                      "step": last.get("step", 0),
                      "losses": {k: v for k, v in last.items() if k.endswith("loss")}})

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from genlab.config import TrainConfig
+from genlab.distributed import DistContext
 from genlab.errors import NonFiniteLossError
 from genlab.models.base import GenerativeModel
 
@@ -106,7 +107,8 @@ class Trainer:
     def __init__(self, model: GenerativeModel, optimizers: dict[str, torch.optim.Optimizer],
                  batcher: Batcher, cfg: TrainConfig, run_dir: Path, *, total_steps: int,
                  start_step: int = 0, hooks: Hooks | None = None, is_main: bool = True,
-                 best_value: float | None = None, step_fn: Callable | None = None) -> None:
+                 best_value: float | None = None, step_fn: Callable | None = None,
+                 dist: DistContext | None = None) -> None:
         self.model, self.optimizers, self.batcher, self.cfg = model, optimizers, batcher, cfg
         self.run_dir, self.total_steps, self.step = Path(run_dir), total_steps, start_step
         self.hooks = hooks or Hooks()
@@ -114,6 +116,8 @@ class Trainer:
         self.best_value = best_value
         # the DDP wrapper supplies its own step function; by default the model's own
         self.step_fn = step_fn or model.train_step
+        # several processes: stop at the same step on every rank, log means over all of them
+        self.dist = dist or DistContext()
         self.images_per_step = cfg.batch_size
         self._tensorboard: Any = None  # None: not tried yet; False: TensorBoard not installed
 
@@ -132,9 +136,10 @@ class Trainer:
         count, last = 0, {}
         t_log = time.perf_counter()
         progress = _Progress(self.total_steps, self.step, enabled=self.is_main)
-        stop = _StopFlag()
+        stop, stopping = _StopFlag(), False
         try:
-            while self.step < self.total_steps and not stop.requested:
+            while self.step < self.total_steps and not (
+                    stopping := self.dist.any_rank(stop.requested)):
                 lr = self._set_lr(self.step)
                 out = self.step_fn(self.batcher.batch(self.step), self.optimizers,
                                    grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip)
@@ -144,11 +149,7 @@ class Trainer:
                 self.step += 1
                 at_end = self.step == self.total_steps
                 if self.step % cfg.log_every == 0 or at_end:
-                    means = {k: v.item() / count for k, v in sums.items()}
-                    if not all(math.isfinite(v) for v in means.values()):
-                        raise NonFiniteLossError(
-                            f"non-finite loss at step {self.step} ({_fmt(means)}); stopped, the last "
-                            "good checkpoint is kept; try a lower train.lr or --precision fp32")
+                    means = _finite_means(self.dist.mean_over_ranks(sums), count, self.step)
                     elapsed = time.perf_counter() - t_log
                     rate = count * self.images_per_step / max(elapsed, 1e-9)
                     last = means
@@ -156,6 +157,10 @@ class Trainer:
                                "time": time.time()})
                     progress.update(self.step, means, rate)
                     sums, count, t_log = {}, 0, time.perf_counter()
+                elif any(self._due(every, at_end) for every in
+                         (cfg.eval_every, cfg.sample_every, cfg.checkpoint_every)):
+                    # never save or sample a diverged model
+                    _finite_means(self.dist.mean_over_ranks(sums), count, self.step)
                 if self._due(cfg.eval_every, at_end) and self.hooks.evaluate:
                     self._evaluate()
                 if self._due(cfg.sample_every, at_end) and self.hooks.sample and self.is_main:
@@ -169,7 +174,8 @@ class Trainer:
             if self._tensorboard:
                 self._tensorboard.close()
                 self._tensorboard = None
-        if stop.requested:
+        if stopping:
+            _finite_means(self.dist.mean_over_ranks(sums), count, self.step)
             self._save("checkpoint")  # at a step boundary, so a resume continues exactly
             raise KeyboardInterrupt
         return last
@@ -206,6 +212,21 @@ class Trainer:
                     self._tensorboard.add_scalar(key, value, row["step"])
 
 
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl. A line that does not parse (the half-written last line of a
+    killed run) is skipped, so `genlab runs` and loss.png still work."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            row = json.loads(line)
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
 def _tensorboard_writer(log_dir: Path) -> Any:
     """A SummaryWriter when the `tensorboard` package is installed (optional), else False."""
     import importlib.util
@@ -215,6 +236,17 @@ def _tensorboard_writer(log_dir: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(log_dir))
+
+
+def _finite_means(sums: dict[str, torch.Tensor], count: int, step: int) -> dict[str, float]:
+    """Means of the values summed since the last log; raise before a NaN or inf reaches a
+    checkpoint, so the one on disk stays the last good one."""
+    means = {k: v.item() / count for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} ({_fmt(means)}); stopped, the last good checkpoint "
+            "is kept; try a lower train.lr or --precision fp32")
+    return means
 
 
 def _fmt(values: dict[str, float]) -> str:

@@ -7,6 +7,7 @@ Every user error ends as one line on stderr and exit status 2, without a traceba
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
@@ -22,26 +23,37 @@ def cli(debug: bool) -> None:
     """Train, sample, evaluate and serve generative models (GANs, VAEs, GPTs).
 
     \b
-    genlab demo                                  # a DCGAN on the bundled digits, 2-3 min on a CPU
-    genlab train dcgan --data fashion-mnist --steps 5000
-    genlab sample runs/demo --n 64 --out grid.png
+    Examples:
+      genlab demo                                # a DCGAN on the bundled digits, 2-3 min on a CPU
+      genlab train dcgan --data fashion-mnist --steps 5000
+      genlab sample runs/demo --n 64 --out grid.png
     """
-    if debug:
-        os.environ["GENLAB_DEBUG"] = "1"
+    # `main` reads --debug from the arguments: setting GENLAB_DEBUG here would outlive this
+    # command when genlab is called from Python
 
 
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def command_line() -> str:
+    """The command being run, as typed (for run.json): from the arguments `main` was given, which
+    are not `sys.argv` when genlab is called from Python."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx else None
+    args = obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:]
+    return shlex.join(["genlab", *args])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m genlab`."""
-    from genlab.cli import info, train  # noqa: F401  (registers the commands)
+    from genlab.cli import eval, info, train, vae  # noqa: F401  (registers the commands)
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("GENLAB_DEBUG") == "1"
     try:
-        code = cli.main(args=args, prog_name="genlab", standalone_mode=False)
+        code = cli.main(args=args, prog_name="genlab", standalone_mode=False,
+                        obj={"argv": list(args)})
     except click.UsageError as e:
         path = e.ctx.command_path if e.ctx else "genlab"
         click.echo(f"{path}: error: {_one_line(e.format_message())} (see {path} --help)",

@@ -56,10 +56,10 @@ class GenerativeModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self._amp_device, dtype=torch.bfloat16)
 
-    def compile_networks(self) -> None:
+    def compile_networks(self, mode: str = "default") -> None:
         """`torch.compile` each network in place (state-dict keys stay the same)."""
         for module in self.children():
-            module.compile()
+            module.compile(mode=mode)
 
     # --- training ------------------------------------------------------------------------------
 
@@ -134,3 +134,41 @@ def images_to_unit(images: torch.Tensor) -> torch.Tensor:
 def unit_to_signed(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1], the range of a tanh generator."""
     return x.mul(2.0).sub_(1.0)
+
+
+# --- shared by the image models ---------------------------------------------------------------------
+
+def image_config_for_data(model_name: str, config: Any, data: Any, *, conditional: bool) -> Any:
+    """Copy of an image model's config with `channels`, `image_size` (the data's side unless the
+    config names one; the data is then resized once at load) and, for `--conditional`,
+    `num_classes` filled from the data."""
+    c, h, w = data.images.shape[1:]
+    if h != w:
+        raise UserError(f"{model_name} needs square images, the data has {h}x{w}")
+    changes = {"channels": c, "image_size": config.image_size or h}
+    if conditional:
+        if not data.num_classes:
+            raise UserError(f"--conditional needs labels, and {data.name} has none")
+        changes["num_classes"] = data.num_classes
+    elif config.num_classes:  # a count that disagrees with the labels would index out of range
+        raise UserError(f"model.num_classes comes from the data's labels; pass --conditional "
+                        f"instead of --set model.num_classes={config.num_classes}")
+    return type(config)(**{**config.__dict__, **changes})
+
+
+def class_labels(n: int, labels: torch.Tensor | int | None, num_classes: int,
+                 generator: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
+    """The `n` class indices a conditional model samples: `labels` (one index or `n` of them),
+    checked, or random classes when None. None for an unconditional model."""
+    if not num_classes:
+        if labels is not None:
+            raise UserError("--label needs a conditional model (train with --conditional)")
+        return None
+    if labels is None:
+        return torch.randint(0, num_classes, (n,), device=device, generator=generator)
+    labels = torch.as_tensor(labels, device=device, dtype=torch.long)
+    if labels.dim() == 0:
+        labels = labels.expand(n)
+    if labels.numel() != n or labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"labels must be {n} class indices in [0, {num_classes - 1}]")
+    return labels
