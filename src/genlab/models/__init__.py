@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from genlab.models.base import GenerativeModel
 from genlab.models.gan import DCGAN, MLPGAN
+from genlab.models.gpt import GPT
+from genlab.models.vae import MLPVAE, ConvVAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     MLPGAN.name: MLPGAN,
     DCGAN.name: DCGAN,
+    MLPVAE.name: MLPVAE,
+    ConvVAE.name: ConvVAE,
+    GPT.name: GPT,
 }
 
 __all__ = ["MODELS", "GenerativeModel", "get_model_class"]

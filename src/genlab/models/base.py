@@ -113,8 +113,9 @@ def make_optimizer(params: Any, train: TrainConfig, **overrides: Any) -> torch.o
     params = [p for p in params if p.requires_grad]
     lr = overrides.get("lr", train.lr)
     betas = overrides.get("betas", (train.beta1, train.beta2))
-    # fused kernels are a large win on CUDA; the foreach path is the fast one on CPU
-    fused = bool(params) and params[0].is_cuda
+    # fused: one pass over each tensor instead of foreach's ~10. A large win on CUDA, and on CPU
+    # too: an Adam step over dcgan64's 6.3M parameters took 5.3 ms against 13.9 ms (2 threads)
+    fused = bool(params) and params[0].device.type in ("cuda", "cpu")
     if train.optimizer == "adamw":
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
