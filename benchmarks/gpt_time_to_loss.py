@@ -11,6 +11,8 @@ and prints one JSON line:
   never), so imports, tokenizing (or reading the token cache), building, training and every
   validation until then all count;
 - best_val_loss: the lowest validation loss of the run, in nats per character;
+- cpu_seconds_to_target: the process's CPU time (all threads) until then, a figure that depends
+  less on what else the machine runs;
 - tokens_per_s: training tokens per second, the median over the run's log intervals;
 - device, plus the settings and each validation's step, loss and time.
 
@@ -80,6 +82,7 @@ def timed_evaluators(evals: list[dict]) -> None:
             metrics = evaluate(step)
             evals.append({"step": step, "val_loss": metrics["val_loss"],
                           "seconds": round(since_start(), 2),
+                          "cpu_seconds": round(time.process_time(), 2),
                           "eval_seconds": round(time.perf_counter() - t0, 2)})
             return metrics
 
@@ -116,9 +119,11 @@ def main() -> None:
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     block = record["model_config"]["block_size"]
     rates = [r["items_per_s"] * block for r in rows if "items_per_s" in r]
-    reached = [e["seconds"] for e in evals if e["val_loss"] <= target]
+    reached = [e for e in evals if e["val_loss"] <= target]
     print(json.dumps({
-        "seconds_to_target": reached[0] if reached else None,
+        "seconds_to_target": reached[0]["seconds"] if reached else None,
+        # CPU time of all threads until then: what the run cost, however busy the machine was
+        "cpu_seconds_to_target": reached[0]["cpu_seconds"] if reached else None,
         "best_val_loss": round(min(e["val_loss"] for e in evals), 4) if evals else None,
         "tokens_per_s": round(statistics.median(rates)) if rates else None,
         "device": args.device,
