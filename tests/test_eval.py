@@ -253,14 +253,22 @@ def test_eval_argument_errors(tmp_path, digits_npz, run_cli):
     assert code == 2 and "is for digits" in err
 
 
-def test_reference_features_are_cached_under_data_root(digits_npz, run_cli):
+def test_reference_features_are_cached_under_data_root(digits_npz, run_cli, tmp_path,
+                                                       monkeypatch):
+    from safetensors.torch import load_file
+
     from genlab.data import data_root
+
+    monkeypatch.setenv("GENLAB_DATA", str(tmp_path / "cache"))  # empty: count what is computed
 
     code, _, err = run_cli("eval", "--fake", digits_npz, "--real", "digits")
     assert code == 0, err
     cached = sorted(p.name for p in (data_root() / "features").iterdir())
     assert any(name.startswith("digits-test-0-297-") for name in cached)
-    assert any(name.startswith("digits-train-0-1500-") for name in cached)
+    train_cache = next(p for p in (data_root() / "features").iterdir()
+                       if p.name.startswith("digits-train-0-1500-"))
+    # only the 100 floor images drawn from the 1500 were embedded
+    assert int(load_file(train_cache)["done"].sum()) == 100
     assert not list(digits_npz.parent.glob("*.safetensors"))  # nothing beside user files
 
 

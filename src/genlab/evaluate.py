@@ -66,17 +66,12 @@ def _stderr(msg: str) -> None:
 
 @dataclass
 class Features:
-    """Features and logits of some images (from a `Subset`), and their labels."""
+    """Features and logits of some images, and their labels."""
 
     features: torch.Tensor  # (N, D) float32
     logits: torch.Tensor  # (N, K)
     labels: torch.Tensor | None
     source: str  # e.g. "fashion-mnist:test[0:10000]"
-
-    def take(self, index: np.ndarray) -> Features:
-        idx = torch.from_numpy(index)
-        labels = self.labels[idx] if self.labels is not None else None
-        return Features(self.features[idx], self.logits[idx], labels, self.source)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -92,25 +87,43 @@ def cache_path(net: FeatureNet, data: Subset) -> Path:
     return data_root() / "features" / f"{safe}-{data.split}-{data.start}-{data.stop}-{key}.safetensors"
 
 
-def subset_features(net: FeatureNet, data: Subset, log: Log = _stderr) -> Features:
-    """Features of a real subset, computed once per (net, data, range) and cached."""
-    path = cache_path(net, data)
-    tensors = None
-    if path.is_file():
-        try:
-            tensors = load_safetensors(path.read_bytes())
-        except (SafetensorError, OSError):
-            log(f"note: feature cache {path} is unreadable; recomputing it")
-    if tensors is None or tensors["features"].shape[0] != data.images.shape[0]:
-        feats, logits = net.embed(data.images)
-        tensors = {"features": feats, "logits": logits}
+def subset_features(net: FeatureNet, data: Subset, index: np.ndarray, log: Log = _stderr
+                    ) -> Features:
+    """Features of images `index` of a real subset. The cache holds a row per image of the
+    subset and a `done` mask: only rows never used before are computed (a 10k floor drawn
+    from the 60k train split embeds 10k images, not 60k)."""
+    path, n = cache_path(net, data), data.images.shape[0]
+    cached = _read_cache(path, n, log)
+    if cached is None:
+        cached = {"features": torch.zeros(n, net.config.feature_dim),
+                  "logits": torch.zeros(n, net.config.num_classes),
+                  "done": torch.zeros(n, dtype=torch.bool)}
+    idx = torch.from_numpy(index)
+    missing = idx[~cached["done"][idx]]
+    if len(missing):
+        cached["features"][missing], cached["logits"][missing] = net.embed(data.images[missing])
+        cached["done"][missing] = True
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, save_safetensors(tensors))
+            atomic_write_bytes(path, save_safetensors(cached))
         except OSError as e:
             log(f"note: cannot cache features in {path.parent} ({e.strerror or e}); "
                 "set GENLAB_DATA to a writable folder to reuse them")
-    return Features(tensors["features"], tensors["logits"], data.labels, data.label())
+    labels = data.labels[idx] if data.labels is not None else None
+    return Features(cached["features"][idx], cached["logits"][idx], labels, data.label())
+
+
+def _read_cache(path: Path, n: int, log: Log) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = load_safetensors(path.read_bytes())
+    except (SafetensorError, OSError):
+        cached = {}
+    if {"features", "logits", "done"} <= set(cached) and cached["done"].shape == (n,):
+        return cached
+    log(f"note: feature cache {path} is unreadable; recomputing it")
+    return None
 
 
 def parse_real(spec: str) -> tuple[str, str | None]:
@@ -197,15 +210,15 @@ def compare(net: FeatureNet, fake_images: torch.Tensor, fake_labels: torch.Tenso
                           f"has {k} classes; class_accuracy skipped")
         fake_labels = None
     t0 = time.perf_counter()
-    real = subset_features(net, reference, log).take(choose(len(reference.images), n, seed))
+    real = subset_features(net, reference, choose(len(reference.images), n, seed), log)
     feats, logits = net.embed(fake_images)
     report.update(image_metrics(real, Features(feats, logits, fake_labels, "fake"), k, seed))
     floor_data = floor_subset(reference, data_dir)
     if floor_data is None:
         _note(notes, log, f"note: no real images apart from {reference.label()}; no floor")
     else:
-        floor = subset_features(net, floor_data, log)
-        floor = floor.take(choose(len(floor), n, seed + 1))
+        floor = subset_features(net, floor_data, choose(len(floor_data.images), n, seed + 1),
+                                log)
         report["floor"] = {**image_metrics(real, floor, k, seed), "n": len(floor),
                            "source": floor.source}
     report["feature_net"] = {"name": net.name, "sha256": net.sha256,
@@ -388,7 +401,7 @@ def training_evaluator(model: Any, prepared: Any, record: dict[str, Any],
     if net is not None:
         net = net.to(device)
         reference = reference_subset(net, dataset, None, data_dir, notes, _stderr)
-        real = subset_features(net, reference).take(choose(len(reference.images), n, seed))
+        real = subset_features(net, reference, choose(len(reference.images), n, seed))
         stats = gaussian_stats(real.features)
 
     def evaluate(step: int) -> dict[str, float]:

@@ -98,7 +98,7 @@ class FeatureNet(nn.Module):
         return self.classifier(self.dropout(self.features(images)))
 
     @torch.inference_mode()
-    def embed(self, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    def embed(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """Features `(N, D)` and logits `(N, K)` as float32 CPU tensors, in eval mode."""
         self.check_images(images)
         was_training = self.training

@@ -72,7 +72,10 @@ def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir
             click.echo(f"wrote {Path(run_dir) / name}", err=True)
 
 
-@cli.group()
+@cli.group(epilog="""\b
+Example:
+  genlab featurenet train digits --out digits.safetensors
+""")
 def featurenet() -> None:
     """The small classifiers whose features the metrics use (one per image dataset)."""
 
@@ -100,7 +103,7 @@ def featurenet_train(dataset: str, data_dir: str | None, seed: int, epochs: int 
     click.echo(str(path))
 
 
-@featurenet.command("list")
+@featurenet.command("list", epilog="Example:\n\n  genlab featurenet list")
 def featurenet_list() -> None:
     """The shipped feature nets: what each was trained on and its test accuracy."""
     from genlab.featurenet import load_feature_net, shipped_names
