@@ -201,7 +201,8 @@ def load_optimizers(path: str | os.PathLike, optimizers: dict[str, torch.optim.O
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:
     """Give loaded state tensors (saved contiguous) their parameter's memory layout, e.g. the
-    channels_last convs of a DCGAN: fused CUDA Adam refuses differing strides, foreach slows down."""
+    channels_last convs of a DCGAN: fused Adam needs equal strides (on CUDA it refuses others, on
+    CPU it silently pairs the wrong elements: torch 2.13)."""
     for param, slots in opt.state.items():
         for key, value in slots.items():
             if torch.is_tensor(value) and value.shape == param.shape \
