@@ -101,9 +101,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the preset's step count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="extra genlab config overrides")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset, target = DEFAULTS[args.device]
     preset, target = args.preset or preset, args.target if args.target is not None else target
 
