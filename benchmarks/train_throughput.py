@@ -42,7 +42,7 @@ from torch import nn
 
 from genlab.data import ImageData, load_images
 from genlab.models.gan import DCGAN, DCGANConfig, dcgan_layout
-from genlab.runs import build_configs, prepare_images, resolve_device
+from genlab.runs import bf16_supported, build_configs, prepare_images, resolve_device
 from genlab.train import Trainer
 
 DATASET = "fashion-mnist"
@@ -272,17 +272,6 @@ def measure(loop: GenlabLoop | ExampleLoop, warmup: int, steps: int, batch_size:
     loop.run(steps)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     return steps * batch_size / wall, steps * batch_size / cpu
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 pays off only with hardware support: AVX-512 BF16 / AMX on CPU, Ampere+ on CUDA."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def bench_config(config: str, args: argparse.Namespace, data: ImageData, tmp: Path) -> dict:

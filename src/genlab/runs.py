@@ -62,6 +62,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 pays off only with hardware support: AVX-512 BF16 / AMX on CPU, Ampere+ on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 # --- modalities: how a kind of data is prepared, sampled and evaluated ----------------------------
 
 @dataclass

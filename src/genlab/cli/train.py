@@ -98,14 +98,15 @@ def demo(out: str, steps: int | None, seed: int, device: str) -> None:
     """
     import shutil
 
-    from genlab.runs import RUN_FILE, TrainRequest
+    from genlab.runs import RUN_FILE, TrainRequest, bf16_supported, resolve_device
     from genlab.runs import train as run_training
 
     out_dir = Path(out)
     if (out_dir / RUN_FILE).exists():
         shutil.rmtree(out_dir)  # the demo is disposable; a user's own runs are never overwritten
+    precision = "bf16" if bf16_supported(resolve_device(device)) else "fp32"
     req = TrainRequest(model="dcgan", data="digits", preset="demo", steps=steps, seed=seed,
-                       out=out, device=device, command=command_line())
+                       out=out, device=device, precision=precision, command=command_line())
     run_dir = run_training(req)
     _print_outputs(run_dir)
 
