@@ -13,11 +13,6 @@ the model is freshly initialised.
 
 from __future__ import annotations
 
-import os
-
-# as in gpt_time_to_loss.py: passive OpenMP waiting, read when torch loads
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
 import time
@@ -62,8 +57,7 @@ def main() -> None:
         "same_tokens_within_context": bool(torch.equal(cached[:, :block + 1], plain[:, :block + 1])),
         "block_size": block, "n_layer": model.config.n_layer, "n_embd": model.config.n_embd,
         "params": sum(p.numel() for p in model.parameters()),
-        "device": "cpu", "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "torch": torch.__version__,
+        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
     }))
 
 

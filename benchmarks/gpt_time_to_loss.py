@@ -16,11 +16,6 @@ and prints one JSON line:
 - tokens_per_s: training tokens per second, the median over the run's log intervals;
 - device, plus the settings and each validation's step, loss and time.
 
-OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless the environment sets a policy): on a
-CPU shared with other processes, the default spin-waiting at every parallel region made a training
-step 4-10x slower with 2 threads than it is with passive waiting (measured on the 2-core machine
-while other jobs ran); the policy is reported in the output.
-
 Reference on the 2-core CPU this was tuned on: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide,
 block 64, batch 12, 2000 iterations, no dropout) reached val loss 1.886 after 84-116 s.
 """
@@ -51,9 +46,6 @@ _AGE_AT_LOAD = _process_age()
 def since_start() -> float:
     return _AGE_AT_LOAD + time.perf_counter() - _LOADED
 
-
-# read by the OpenMP runtime when torch loads, so set before the import
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402  (after the clock starts)
 import json  # noqa: E402
@@ -132,8 +124,7 @@ def main() -> None:
         "device": args.device,
         "target": target, "preset": preset, "steps": record["train_config"]["steps"],
         "total_seconds": round(since_start(), 2), "evals": evals,
-        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-        "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
     }))
 
 
