@@ -3,6 +3,7 @@
     python benchmarks/gpt_sampling.py                               # the shakespeare-char-cpu shape
     python benchmarks/gpt_sampling.py --preset shakespeare-char     # the GPU preset's shape
     python benchmarks/gpt_sampling.py --run runs/my-gpt             # a trained run
+    python benchmarks/gpt_sampling.py --threads 1                   # on a shared machine
 
 Both paths draw one sequence from the same seed, so they give the same tokens while the sequence
 fits the context (`block_size`); past it they differ by design (see genlab.models.gpt). Prints one
@@ -37,7 +38,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--vocab-size", type=int, default=65, help="without --run (65: Shakespeare)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.run:
         model = load_model(args.run, device="cpu")
     else:

@@ -18,6 +18,10 @@ and prints one JSON line:
 
 Reference on the 2-core CPU this was tuned on: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide,
 block 64, batch 12, 2000 iterations, no dropout) reached val loss 1.886 after 84-116 s.
+
+Threads: with torch's default (2 threads here) OpenMP threads spin while they wait for each other,
+the fastest choice on an idle machine and a very slow one when another process holds a core.
+`--threads 1` is the robust choice on a shared machine (see docs/text.md for measured figures).
 """
 
 from __future__ import annotations
