@@ -196,8 +196,14 @@ class DistContext:
                 f"({_first_line(e)}); its own log says why; the last checkpoint is kept, continue "
                 f"with --resume (timeout {timeout_seconds()} s, set {TIMEOUT_ENV})") from None
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = False) -> None:
+        """Leave the process group. After a run that finished everywhere, wait for every rank
+        first: a rank tearing gloo down while a peer still uses it aborts that peer
+        ("terminate called without an active exception"). Never after a failure, where a peer may
+        be dead and the barrier would only wait for the timeout."""
         if self.owns_group and dist.is_initialized():
+            if synchronize:
+                dist.barrier()
             dist.destroy_process_group()
 
 

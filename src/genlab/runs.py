@@ -317,9 +317,11 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
     trainer = Trainer(model, optimizers, prepared.batcher, train_cfg, run_dir, total_steps=total,
                       start_step=step, hooks=hooks, is_main=dist.is_main, best_value=best,
                       step_fn=ddp_step, dist=dist)
+    finished = False
     try:
         with dist.failures_reported():
             trainer.fit()
+        finished = True
     except KeyboardInterrupt:
         if dist.is_main:
             log(f"interrupted at step {trainer.step}; checkpoint saved. Continue with: "
@@ -330,7 +332,7 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
             from genlab.images import plot_losses
 
             plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        dist.close()
+        dist.close(synchronize=finished)
     return run_dir
 
 

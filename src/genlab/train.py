@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,7 +100,6 @@ class Hooks:
     sample: Callable[[int], None] | None = None  # write samples at a step
     evaluate: Callable[[int], dict[str, float]] | None = None  # metrics at a step
     best_metric: str | None = None  # key of `evaluate`'s result; lower is better
-    extra_log: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
