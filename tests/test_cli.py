@@ -73,7 +73,7 @@ def test_flipped_byte_in_checkpoint(run_cli, tiny_run: Path, tmp_path: Path) -> 
     (("--set", "model.num_classes=2"), "pass --conditional instead"),
     (("--batch-size", "1"), "use --batch-size 2 or more"),
     (("--batch-size", "65"), "fewer than one batch of 65"),
-    (("--precision", "fp16"), "'fp16' is not one of 'fp32', 'bf16'"),
+    (("--precision", "fp16"), "'fp16' is not one of 'auto', 'fp32', 'bf16'"),
     (("--bogus",), "No such option '--bogus'"),
     (("--preset", "gan"), "preset gan is for model gan, not dcgan"),
 ])

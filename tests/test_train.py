@@ -224,6 +224,21 @@ def test_lr_decay_steps_recorded_and_kept_on_resume(train_tiny, tmp_path: Path) 
     assert lrs[3:] == pytest.approx([1e-4, 1e-4])  # past the schedule's end: the floor
 
 
+@pytest.mark.parametrize("hardware_bf16", [True, False])
+def test_precision_auto_is_resolved_and_recorded(train_tiny, tmp_path: Path, monkeypatch,
+                                                 hardware_bf16: bool) -> None:
+    import genlab.runs
+
+    monkeypatch.setattr(genlab.runs, "bf16_supported", lambda device: hardware_bf16)
+    run = train_tiny(tmp_path / "auto", steps=1, precision="auto")
+    expected = "bf16" if hardware_bf16 else "fp32"
+    record = json.loads((run / "run.json").read_text())
+    assert record["train_config"]["precision"] == expected  # resolved once, so resume keeps it
+    assert genlab.load(run).config is not None
+    _resume(run, 2)
+    assert json.loads((run / "run.json").read_text())["train_config"]["precision"] == expected
+
+
 # --- the run folder and its uses ------------------------------------------------------------------
 
 def test_run_folder_contents(run_cli, idx_spec: str, idx_dir: Path, tmp_path: Path) -> None:

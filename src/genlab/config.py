@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from genlab.errors import UserError
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass
@@ -37,7 +37,9 @@ class TrainConfig:
     lr_decay_steps: int = 0  # length of the cosine schedule; 0 = the first launch's total steps
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     grad_clip: float = 0.0  # max global grad norm; 0 = off
-    precision: Precision = "fp32"  # bf16 autocast on CUDA and CPU
+    # bf16 autocast on CUDA and CPU; "auto": bf16 where the hardware runs it fast (runs.bf16_supported),
+    # else fp32, decided when the run starts and saved resolved in run.json
+    precision: Precision = "fp32"
     compile: bool = False  # torch.compile the networks
     # torch.compile mode; "reduce-overhead" adds CUDA graphs, for small networks that are
     # launch-bound on a GPU (a dcgan64 step is ~300 kernels)

@@ -254,6 +254,10 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
         torch.backends.cudnn.benchmark = True
     model.load_checkpoint_extras(prepared.extras)
     model.validate_train_config(train_cfg)
+    if train_cfg.precision == "auto":
+        train_cfg.precision = "bf16" if bf16_supported(device) else "fp32"
+        if dist.is_main:
+            log(f"precision auto: {train_cfg.precision} on {device.type}")
     model.set_precision(train_cfg.precision, device.type)
     optimizers = model.configure_optimizers(train_cfg)
     total = train_cfg.steps or max(1, int(train_cfg.epochs * prepared.batcher.steps_per_epoch))

@@ -39,8 +39,9 @@ Examples:
 @click.option("--seed", type=int, help="Seed for every random choice (default 0).")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]),
-              help="bf16 autocast (CUDA and CPU) or fp32.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="bf16 autocast (CUDA and CPU), fp32, or auto: bf16 where the hardware has it "
+                   "(AVX-512 BF16 or AMX on CPU, Ampere or later on CUDA), else fp32.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the networks.")
 @click.option("--eval-every", type=click.IntRange(min=0), help="Evaluate every N steps.")
 @click.option("--preset", help="A preset of the model (see genlab models).")
@@ -98,15 +99,14 @@ def demo(out: str, steps: int | None, seed: int, device: str) -> None:
     """
     import shutil
 
-    from genlab.runs import RUN_FILE, TrainRequest, bf16_supported, resolve_device
+    from genlab.runs import RUN_FILE, TrainRequest
     from genlab.runs import train as run_training
 
     out_dir = Path(out)
     if (out_dir / RUN_FILE).exists():
         shutil.rmtree(out_dir)  # the demo is disposable; a user's own runs are never overwritten
-    precision = "bf16" if bf16_supported(resolve_device(device)) else "fp32"
     req = TrainRequest(model="dcgan", data="digits", preset="demo", steps=steps, seed=seed,
-                       out=out, device=device, precision=precision, command=command_line())
+                       out=out, device=device, precision="auto", command=command_line())
     run_dir = run_training(req)
     _print_outputs(run_dir)
 
