@@ -330,3 +330,38 @@ def test_resume_is_exact(tmp_path, text_file):
     losses = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
               for run in (straight, halves)]
     assert [r.get("loss") for r in losses[0]] == [r.get("loss") for r in losses[1]]
+
+
+# --- fine-tuning on another text ------------------------------------------------------------------
+
+def _train_char(out: Path, text: Path, steps: int, **request) -> Path:
+    req = TrainRequest(model="gpt", data=f"text:{text}", steps=steps, batch_size=4, out=str(out),
+                       device="cpu", overrides=(*TINY_SET, *TRAIN_SET), **request)
+    return train(req, log=lambda msg: None)
+
+
+def test_init_from_keeps_the_source_tokenizer(tmp_path):
+    source_text = write(tmp_path / "a.txt", "the quick brown fox jumps over the lazy dog.\n" * 20)
+    source = _train_char(tmp_path / "src", source_text, 2)
+    # a text using fewer characters: its own char vocabulary would be smaller and in another order
+    subset = write(tmp_path / "b.txt", "the dog jumps over the fox.\n" * 20)
+    tuned = _train_char(tmp_path / "tuned", subset, 3, init_from=str(source))
+    source_tok = json.loads((source / "checkpoint" / "state.json").read_text())["extras"]
+    tuned_tok = json.loads((tuned / "checkpoint" / "state.json").read_text())["extras"]
+    assert tuned_tok == source_tok
+    record = json.loads((tuned / "run.json").read_text())
+    assert record["model_config"]["vocab_size"] == len(source_tok["tokenizer"]["chars"])
+    # the batches are the new text in the source's ids
+    tok = tokenizer_from_dict(source_tok["tokenizer"])
+    data = load_text(f"text:{subset}", "char", fixed=tok)
+    assert tok.decode(data.train[:28]) == "the dog jumps over the fox.\n"
+    # a resumed fine-tuning run still encodes with that tokenizer (same tokens: same checksum)
+    train(TrainRequest(resume=str(tuned), steps=4, device="cpu"), log=lambda msg: None)
+    assert json.loads((tuned / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_init_from_with_characters_the_source_lacks(tmp_path):
+    source = _train_char(tmp_path / "src", write(tmp_path / "a.txt", "abc abc.\n" * 30), 1)
+    other = write(tmp_path / "b.txt", "abc XYZ.\n" * 30)
+    with pytest.raises(UserError, match=r"--init-from: .*source model's char tokenizer.*'XYZ'"):
+        _train_char(tmp_path / "tuned", other, 1, init_from=str(source))

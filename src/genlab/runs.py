@@ -86,7 +86,8 @@ class Prepared:
 
 def prepare_images(spec: str, data_dir: str | None, model_cls: type[GenerativeModel],
                    model_config: Any, train: TrainConfig, *, conditional: bool,
-                   device: torch.device, rank: int = 0, world_size: int = 1) -> Prepared:
+                   device: torch.device, rank: int = 0, world_size: int = 1,
+                   init_extras: dict[str, Any] | None = None) -> Prepared:
     from genlab.data import load_images, resize_images
 
     data = load_images(spec, "train", data_dir)
@@ -236,11 +237,21 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
     device = dist.device(resolve_device(req.device))
     dist.validate(train_cfg)
     torch.manual_seed(train_cfg.seed + dist.rank)
+    init_state = None
+    if req.init_from and start is None:
+        init_state = read_state(Path(req.init_from) / "checkpoint")
+        if init_state["model"] != record["model"]:
+            raise UserError(f"--init-from: {req.init_from} holds a {init_state['model']} model, "
+                            f"not {record['model']}")
+    # a fine-tuned run keeps its source's data-derived state (a text tokenizer), on resume too
+    init_extras = (start or {}).get("extras") if record.get("init_from") else None
+    if init_state is not None:
+        init_extras = init_state.get("extras")
     with dist.main_first():  # one process per node fills the data caches, the others reuse them
         prepared = PREPARE[model_cls.modality](
             record["data"], req.data_dir if req.data_dir is not None else record.get("data_dir"),
             model_cls, model_config, train_cfg, conditional=record["conditional"], device=device,
-            rank=dist.rank, world_size=dist.world_size)
+            rank=dist.rank, world_size=dist.world_size, init_extras=init_extras)
     if start is not None and prepared.data_info.get("sha256") != record["data_info"].get("sha256"):
         raise UserError(f"--resume: the data {record['data']} differs from the data the run "
                         "started with (checksum changed); resume with the same data")
@@ -278,14 +289,9 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
                             f"> {step} (N is the total number of steps)")
         if dist.is_main:
             _trim_metrics(run_dir / "metrics.jsonl", step)
-    elif req.init_from:
-        src = Path(req.init_from) / "checkpoint"
-        state = read_state(src)
-        if state["model"] != record["model"]:
-            raise UserError(f"--init-from: {req.init_from} holds a {state['model']} model, "
-                            f"not {record['model']}")
-        load_weights(src, model)
-        model.load_checkpoint_extras(state.get("extras", {}))
+    elif init_state is not None:
+        load_weights(Path(req.init_from) / "checkpoint", model)
+        model.load_checkpoint_extras(init_state.get("extras", {}))
     record["data_info"] = prepared.data_info
     record["model_config"] = config_to_dict(model_config)
     record["train_config"] = config_to_dict(train_cfg)

@@ -67,16 +67,23 @@ def read_text(path: Path, raw: bytes) -> str:
                         "to UTF-8") from None
 
 
-def load_text(spec: str, tokenizer: str, vocab_size: int = 0) -> TextData:
-    """Read `text:PATH`, split it, and return both splits' ids (from the cache when present)."""
+def load_text(spec: str, tokenizer: str, vocab_size: int = 0, *,
+              fixed: Tokenizer | None = None) -> TextData:
+    """Read `text:PATH`, split it, and return both splits' ids (from the cache when present).
+    The tokenizer is trained on the training split, or is `fixed` (a fine-tuned model's own)."""
     path = text_path(spec)
     raw = path.read_bytes()
     file_sha = hashlib.sha256(raw).hexdigest()
-    key = "char" if tokenizer == "char" else f"{tokenizer}{vocab_size or DEFAULT_BPE_VOCAB}"
+    if fixed is not None:
+        spec_json = json.dumps(fixed.to_dict(), sort_keys=True).encode()
+        key = f"{fixed.kind}-fixed-{hashlib.sha256(spec_json).hexdigest()[:16]}"
+    else:
+        key = "char" if tokenizer == "char" else f"{tokenizer}{vocab_size or DEFAULT_BPE_VOCAB}"
     folder = data_root() / "text" / f"{file_sha[:24]}-{key}"
     meta = _read_meta(folder)
     if meta is None or meta.get("source_sha256") != file_sha:
-        meta = _encode_to_cache(path, read_text(path, raw), tokenizer, vocab_size, folder, file_sha)
+        meta = _encode_to_cache(path, read_text(path, raw), tokenizer, vocab_size, folder, file_sha,
+                                fixed)
     tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text()))
     return TextData(train=np.load(folder / "train.npy", mmap_mode="r"),
                     val=np.load(folder / "val.npy", mmap_mode="r"), tokenizer=tok,
@@ -94,11 +101,11 @@ def _read_meta(folder: Path) -> dict | None:
 
 
 def _encode_to_cache(path: Path, text: str, tokenizer: str, vocab_size: int, folder: Path,
-                     file_sha: str) -> dict:
+                     file_sha: str, fixed: Tokenizer | None = None) -> dict:
     cut = int(len(text) * TRAIN_FRACTION)
     train_text, val_text = text[:cut], text[cut:]
-    tok = train_tokenizer(tokenizer, train_text, vocab_size)
-    if tokenizer == "char":
+    tok = fixed or train_tokenizer(tokenizer, train_text, vocab_size)
+    if fixed is None and tokenizer == "char":
         unseen = sorted(set(val_text) - set(tok.chars))
         if unseen:
             raise UserError(f"the validation split (last 10% of {path}) has characters the "

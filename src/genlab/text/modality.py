@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from genlab.checkpoint import atomic_write_text
 from genlab.config import TrainConfig
+from genlab.errors import UserError
 from genlab.models.base import GenerativeModel
 from genlab.text.data import TextBatcher, check_split, load_text, validation_windows
+from genlab.text.tokenizer import tokenizer_from_dict
 
 SAMPLES_N, SAMPLES_TOKENS = 4, 300  # sequences and new tokens per sample file
 EVAL_BATCH = 64  # validation windows per forward pass
@@ -23,12 +25,23 @@ EVAL_BATCH = 64  # validation windows per forward pass
 
 def prepare_text(spec: str, data_dir: str | None, model_cls: type[GenerativeModel],
                  model_config: Any, train: TrainConfig, *, conditional: bool,
-                 device: torch.device, rank: int = 0, world_size: int = 1) -> Any:
+                 device: torch.device, rank: int = 0, world_size: int = 1,
+                 init_extras: dict[str, Any] | None = None) -> Any:
     """Tokenize `text:PATH` (or read the cache) and build the batcher; the tokenizer goes to the
-    model through `Prepared.extras`."""
+    model through `Prepared.extras`. A run started `--init-from` another keeps that model's
+    tokenizer (`init_extras`): its embeddings only mean anything for those token ids."""
     from genlab.runs import Prepared  # genlab.runs imports this module
 
-    data = load_text(spec, model_config.tokenizer, model_config.vocab_size)
+    fixed = None
+    if init_extras and "tokenizer" in init_extras:
+        fixed = tokenizer_from_dict(init_extras["tokenizer"])
+    try:
+        data = load_text(spec, model_config.tokenizer, model_config.vocab_size, fixed=fixed)
+    except UserError as e:
+        if fixed is None:
+            raise
+        raise UserError(f"--init-from: {spec} must be encoded with the source model's "
+                        f"{fixed.kind} tokenizer, and {e}") from None
     model_config = model_cls.config_for_data(model_config, data, conditional=conditional)
     check_split(data.val, model_config.block_size, "validation")  # before any training
     batcher = TextBatcher(data.train, model_config.block_size, train.batch_size, train.seed,
@@ -57,7 +70,8 @@ def make_text_evaluator(model: GenerativeModel, prepared: Any, record: dict[str,
                         data_dir: str | None, device: torch.device) -> tuple[Any, str]:
     """Validation loss over the whole validation split, the same windows every time."""
     config = model.config
-    val = load_text(record["data"], config.tokenizer, config.vocab_size).val  # from the cache
+    fixed = model.tokenizer if record.get("init_from") else None  # as prepare_text encoded it
+    val = load_text(record["data"], config.tokenizer, config.vocab_size, fixed=fixed).val  # cached
     windows = [torch.from_numpy(w).to(device) for w in validation_windows(val, config.block_size)]
 
     def evaluate(step: int) -> dict[str, float]:
