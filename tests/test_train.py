@@ -121,6 +121,21 @@ def test_crash_while_swapping_checkpoints_keeps_one(tiny_run: Path, tmp_path: Pa
     assert read_state(run / "checkpoint")["step"] == 5 and not (run / ".checkpoint.old").exists()
 
 
+def test_outputs_follow_the_umask(train_tiny, tmp_path: Path) -> None:
+    """Atomic writes go through 0600 temporary files; the results must not stay private."""
+    old = os.umask(0o022)
+    try:
+        run = train_tiny(tmp_path / "perm", steps=1)
+        for path in (run / "run.json", run / "samples.png", run / "checkpoint",
+                     run / "checkpoint" / "manifest.json"):
+            assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+        (run / "run.json").chmod(0o600)  # a file the user restricted keeps its mode when replaced
+        checkpoint.atomic_write_text(run / "run.json", "{}")
+        assert (run / "run.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes(train_tiny, tmp_path: Path) -> None:
     a = train_tiny(tmp_path / "a", steps=3, seed=5)
     b = train_tiny(tmp_path / "b", steps=3, seed=5)

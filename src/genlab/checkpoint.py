@@ -49,11 +49,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain `open` / `mkdir` would give under the process umask. Temporary
+    files and folders are created 0600 / 0700, which would otherwise stay after the rename."""
+    umask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, fsync, rename."""
+    """Write `data` to `path` through a temporary file in the same folder, fsync, rename. A file
+    that is replaced keeps its permissions; a new one gets the umask's."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = default_mode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,6 +123,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
+        tmp.chmod(default_mode(directory=True))
         save_model(model, str(tmp / "model.safetensors"))
         state = {"genlab_version": __version__, **meta}
         if optimizers:

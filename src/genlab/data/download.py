@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from genlab.checkpoint import default_mode
 from genlab.data.idx import read_bytes
 from genlab.errors import UserError
 
@@ -99,7 +100,7 @@ def fetch(name: str, filename: str, dest_dir: Path, checksum: Checksum) -> Path:
                 os.fsync(out.fileno())
             problem = mismatch(tmp, checksum)
             if problem is None:
-                tmp.chmod(0o644)  # mkstemp makes it 0600; a shared cache should be readable
+                tmp.chmod(default_mode())  # mkstemp makes it 0600; a shared cache is read by others
                 os.replace(tmp, dest)
                 return dest
             failures.append(f"{url}: {problem}")
