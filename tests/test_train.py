@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -134,6 +135,14 @@ def test_outputs_follow_the_umask(train_tiny, tmp_path: Path) -> None:
         assert (run / "run.json").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_plain_progress_lines_off_a_terminal(train_tiny, tmp_path: Path, capsys) -> None:
+    train_tiny(tmp_path / "log", steps=2, overrides=("train.log_every=1",))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2
+    assert all(re.fullmatch(r"step \d/2 loss=\S+ d_loss=\S+ g_loss=\S+ [\d,]+ img/s eta \d+s", line)
+               for line in lines), lines
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(train_tiny, tmp_path: Path) -> None:

@@ -118,6 +118,10 @@ class Trainer:
         # several processes: stop at the same step on every rank, log means over all of them
         self.dist = dist or DistContext()
         self.images_per_step = cfg.batch_size
+        # the progress line counts images, or tokens for text (a sequence is block_size tokens);
+        # metrics.jsonl keeps examples per second as `items_per_s`
+        block = getattr(model.config, "block_size", 0) if model.modality == "text" else 0
+        self.unit = ("tok", block) if block else ("img", 1)
         self._tensorboard: Any = None  # None: not tried yet; False: TensorBoard not installed
 
     def _set_lr(self, step: int) -> float:
@@ -134,7 +138,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count, last = 0, {}
         t_log = time.perf_counter()
-        progress = _Progress(self.total_steps, self.step, enabled=self.is_main)
+        progress = _Progress(self.total_steps, self.step, enabled=self.is_main, unit=self.unit)
         stop, stopping = _StopFlag(), False
         try:
             while self.step < self.total_steps and not (
@@ -278,8 +282,10 @@ class _StopFlag:
 class _Progress:
     """A tqdm bar on a terminal; plain log lines otherwise, so CI logs stay readable."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
+    def __init__(self, total: int, start: int, enabled: bool,
+                 unit: tuple[str, int] = ("img", 1)) -> None:
         self.enabled = enabled
+        self.unit, self.scale = unit  # the rate is in examples/s; shown per image or per token
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -295,12 +301,13 @@ class _Progress:
         shown = {k: v for k, v in means.items() if k in ("loss", "d_loss", "g_loss", "kl", "nll")}
         if self.bar is not None:
             self.bar.update(step - self.last)
-            self.bar.set_postfix_str(f"{_fmt(shown)} {rate:,.0f} it/s", refresh=False)
+            self.bar.set_postfix_str(f"{_fmt(shown)} {rate * self.scale:,.0f} {self.unit}/s",
+                                     refresh=False)
         else:
             spent = time.perf_counter() - self.t0
             eta = spent / max(1, step - self.start) * (self.total - step)
-            print(f"step {step}/{self.total} {_fmt(shown)} {rate:,.0f} items/s eta {eta:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(f"step {step}/{self.total} {_fmt(shown)} {rate * self.scale:,.0f} {self.unit}/s "
+                  f"eta {eta:.0f}s", file=sys.stderr, flush=True)
         self.last = step
 
     def close(self) -> None:
