@@ -20,7 +20,7 @@ from genlab.errors import UserError
 @click.version_option(__version__, "--version", prog_name="genlab")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 def cli(debug: bool) -> None:
-    """Train, sample, evaluate and serve generative models (GANs, VAEs, GPTs).
+    """Train, sample and evaluate generative models (GANs, VAEs, GPTs).
 
     \b
     Examples:
