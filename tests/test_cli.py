@@ -119,6 +119,14 @@ def test_sample_needs_a_known_output_kind(run_cli, tiny_run: Path, tmp_path: Pat
     assert "--out must end in .png or .npz" in _one_error_line(code, err)
 
 
+def test_a_run_folder_that_cannot_be_made(run_cli, idx_spec: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(*TRAIN, "--data", idx_spec, "--out", blocker / "run")
+    line = _one_error_line(code, err)
+    assert str(blocker) in line and "check the path" in line
+
+
 def test_debug_shows_the_traceback_of_that_command_only(run_cli, monkeypatch) -> None:
     from genlab.cli import main
 

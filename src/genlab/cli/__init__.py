@@ -70,4 +70,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"genlab: error: {_one_line(str(e))}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # the file system said no: a path that cannot be made, a full disk, ...
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"genlab: error: {_one_line(e.strerror or str(e))}{where} (check the path, its "
+                   "permissions and the free space; --debug shows where it happened)", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
