@@ -190,6 +190,18 @@ def test_runs_on_an_empty_folder(run_cli, tmp_path: Path) -> None:
     assert code == 0 and out == "" and "no runs under" in err
 
 
+def test_runs_lists_a_damaged_run_instead_of_hiding_it(run_cli, tiny_run: Path,
+                                                       tmp_path: Path) -> None:
+    shutil.copytree(tiny_run, tmp_path / "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{not json")
+    code, out, _ = run_cli("runs", tmp_path)
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert code == 0 and set(rows) == {str(tmp_path / "good"), str(tmp_path / "bad")}
+    assert "run.json unreadable" in rows[str(tmp_path / "bad")]
+    assert "d_loss=" in rows[str(tmp_path / "good")]
+
+
 def test_console_script(tmp_path: Path) -> None:
     """The installed `genlab` script: its version, and a user error without a traceback."""
     script = Path(sys.executable).with_name("genlab")

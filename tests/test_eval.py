@@ -251,6 +251,8 @@ def test_eval_argument_errors(tmp_path, digits_npz, run_cli):
     code, _, err = run_cli("eval", "--fake", digits_npz, "--real", "mnist", "--feature-net",
                            "digits")
     assert code == 2 and "is for digits" in err
+    code, _, err = run_cli("eval", "--fake", digits_npz, "--real", "digits:val")
+    assert code == 2 and "unknown split 'val' in 'digits:val'; use digits:train or digits:test" in err
 
 
 def test_reference_features_are_cached_under_data_root(digits_npz, run_cli, tmp_path,

@@ -128,9 +128,13 @@ def _read_cache(path: Path, n: int, log: Log) -> dict[str, torch.Tensor] | None:
 
 def parse_real(spec: str) -> tuple[str, str | None]:
     """'fashion-mnist' -> ('fashion-mnist', None); 'mnist:test' -> ('mnist', 'test')."""
+    from genlab.data.catalog import DATASETS
+
     name, _, split = spec.rpartition(":")
     if name and split in ("train", "test"):
         return name, split
+    if name.lower() in DATASETS:  # idx:DIR and folder:PATH hold colons of their own
+        raise UserError(f"unknown split {split!r} in {spec!r}; use {name}:train or {name}:test")
     return spec, None
 
 

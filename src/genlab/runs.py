@@ -435,7 +435,10 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict[str, Any]]:
         run_dir = run_file.parent
         try:
             record = json.loads(run_file.read_text())
-        except json.JSONDecodeError:
+        except (OSError, json.JSONDecodeError):
+            # listed, not hidden: the user should learn that this run's record is damaged
+            rows.append({"run": str(run_dir), "model": "?", "data": "?", "step": "?",
+                         "losses": {}, "note": f"{RUN_FILE} unreadable"})
             continue
         last: dict[str, Any] = {}
         for row in read_metrics(run_dir / "metrics.jsonl"):

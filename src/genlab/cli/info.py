@@ -61,7 +61,8 @@ def runs(root: str) -> None:
     from genlab.runs import list_runs
 
     rows = [[r["run"], r["model"], r["data"], str(r["step"]),
-             " ".join(f"{k}={v:.3f}" for k, v in r["losses"].items())] for r in list_runs(root)]
+             r.get("note") or " ".join(f"{k}={v:.3f}" for k, v in r["losses"].items())]
+            for r in list_runs(root)]
     if not rows:
         click.echo(f"no runs under {root}", err=True)
         return
