@@ -27,7 +27,8 @@ Examples:
 
 @cli.command(epilog=TRAIN_EXAMPLE)
 @click.argument("model", required=False)
-@click.option("--data", help="Dataset: digits, mnist, fashion-mnist, cifar10, idx:DIR, folder:PATH.")
+@click.option("--data", help="Dataset: digits, mnist, fashion-mnist, cifar10, idx:DIR, folder:PATH; "
+                             "text:PATH for gpt.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Folder holding the dataset's official files (gzipped or raw).")
 @click.option("--steps", type=click.IntRange(min=1), help="Total optimizer steps.")
@@ -51,7 +52,8 @@ Examples:
 @click.option("--resume", type=click.Path(file_okay=False),
               help="Continue the run in this folder to --steps total steps.")
 @click.option("--init-from", type=click.Path(file_okay=False),
-              help="Start from this run's weights with a fresh optimizer (fine-tuning).")
+              help="Start from this run's weights with a fresh optimizer (fine-tuning); a text "
+                   "model keeps that run's tokenizer.")
 def train(model: str | None, data: str | None, data_dir: str | None, steps: int | None,
           epochs: float | None, batch_size: int | None, out: str | None, seed: int | None,
           device: str, precision: str | None, compile_: bool | None, eval_every: int | None,
