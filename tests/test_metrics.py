@@ -309,6 +309,23 @@ def test_compute_all_keys_and_consistency():
     assert (out["density"], out["coverage"]) == density_coverage(real, fake, k=5)
 
 
+def test_compute_all_real_cache_gives_the_same_figures_and_computes_real_once(monkeypatch):
+    rng = np.random.default_rng(14)
+    real = rng.standard_normal((200, 6))
+    fakes = [rng.standard_normal((150, 6)) + shift for shift in (0.0, 0.5)]
+    plain = [compute_all(real, f, seed=1, kid_subsets=3, kid_subset_size=50) for f in fakes]
+    radii_calls = []
+    knn = manifold_module._knn_sq_radii
+    monkeypatch.setattr(manifold_module, "_knn_sq_radii",
+                        lambda x, ks: radii_calls.append(x.shape[0]) or knn(x, ks))
+    cache: dict = {}
+    cached = [compute_all(real, f, seed=1, kid_subsets=3, kid_subset_size=50, real_cache=cache)
+              for f in fakes]
+    assert cached == plain
+    # real radii once, fake radii (for recall) on every call
+    assert radii_calls == [200, 150, 150]
+
+
 BAD_INPUTS = {
     "dimensions differ": (np.zeros((10, 3)), np.zeros((10, 4))),
     "NaN or inf": (np.zeros((10, 3)), np.full((10, 3), np.nan)),

@@ -187,9 +187,12 @@ def choose(count: int, n: int, seed: int) -> np.ndarray:
 
 # --- metrics --------------------------------------------------------------------------------------
 
-def image_metrics(real: Features, fake: Features, num_classes: int, seed: int) -> dict[str, Any]:
-    """FD, KID, P/R, D/C of fake vs real features; class accuracy when fakes have labels."""
-    out: dict[str, Any] = compute_all(real.features, fake.features, seed=seed)
+def image_metrics(real: Features, fake: Features, num_classes: int, seed: int,
+                  real_cache: dict | None = None) -> dict[str, Any]:
+    """FD, KID, P/R, D/C of fake vs real features; class accuracy when fakes have labels.
+    `real_cache`: shared by calls with the same `real` (see `compute_all`)."""
+    out: dict[str, Any] = compute_all(real.features, fake.features, seed=seed,
+                                      real_cache=real_cache)
     out["class_accuracy"] = (class_accuracy(fake.logits, fake.labels)
                              if fake.labels is not None else None)
     out["mode_entropy"] = mode_entropy(fake.logits, num_classes) + 0.0  # one class: -0.0 -> 0.0
@@ -216,14 +219,16 @@ def compare(net: FeatureNet, fake_images: torch.Tensor, fake_labels: torch.Tenso
     t0 = time.perf_counter()
     real = subset_features(net, reference, choose(len(reference.images), n, seed), log)
     feats, logits = net.embed(fake_images)
-    report.update(image_metrics(real, Features(feats, logits, fake_labels, "fake"), k, seed))
+    real_cache: dict = {}  # the floor compares with the same real features
+    report.update(image_metrics(real, Features(feats, logits, fake_labels, "fake"), k, seed,
+                                real_cache))
     floor_data = floor_subset(reference, data_dir)
     if floor_data is None:
         _note(notes, log, f"note: no real images apart from {reference.label()}; no floor")
     else:
         floor = subset_features(net, floor_data, choose(len(floor_data.images), n, seed + 1),
                                 log)
-        report["floor"] = {**image_metrics(real, floor, k, seed), "n": len(floor),
+        report["floor"] = {**image_metrics(real, floor, k, seed, real_cache), "n": len(floor),
                            "source": floor.source}
     report["feature_net"] = {"name": net.name, "sha256": net.sha256,
                              "test_accuracy": net.meta["test_accuracy"],

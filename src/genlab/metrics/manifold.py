@@ -66,10 +66,13 @@ def manifold_metrics(
     *,
     pr_k: int | None = 3,
     dc_k: int | None = 5,
+    real_radii: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Precision/recall (if `pr_k`) and density/coverage (if `dc_k`) in one pass over distances.
 
-    Returns a dict with keys among `precision`, `recall`, `density`, `coverage`.
+    Returns a dict with keys among `precision`, `recall`, `density`, `coverage`. `real_radii`:
+    a dict kept between calls with the same `real` features; the real k-NN radii, the costliest
+    part after the real-fake distances, are computed on the first call and read on the next.
     """
     r = as_features(real, "real")
     f = as_features(fake, "fake")
@@ -86,7 +89,12 @@ def manifold_metrics(
         real_ks.append(dc_k)
 
     rt, ft = torch.from_numpy(r), torch.from_numpy(f)
-    real_r2 = _knn_sq_radii(rt, real_ks)
+    if real_radii is not None and all(k in real_radii for k in real_ks):
+        real_r2 = real_radii
+    else:
+        real_r2 = _knn_sq_radii(rt, real_ks)
+        if real_radii is not None:
+            real_radii.update(real_r2)
     n, m = r.shape[0], f.shape[0]
     fake_in_real = torch.zeros(m, dtype=torch.bool)
     real_in_fake = torch.zeros(n, dtype=torch.bool)
