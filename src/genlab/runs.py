@@ -243,10 +243,10 @@ def train(req: TrainRequest, *, log: Callable[[str], None] | None = None) -> Pat
         if init_state["model"] != record["model"]:
             raise UserError(f"--init-from: {req.init_from} holds a {init_state['model']} model, "
                             f"not {record['model']}")
-    # a fine-tuned run keeps its source's data-derived state (a text tokenizer), on resume too
-    init_extras = (start or {}).get("extras") if record.get("init_from") else None
-    if init_state is not None:
-        init_extras = init_state.get("extras")
+    # a fine-tuned run keeps its source's data-derived state (a text tokenizer): from the source
+    # checkpoint at first, from its own (which holds the same) on resume
+    source = init_state if init_state is not None else start
+    init_extras = source.get("extras") if record.get("init_from") and source else None
     with dist.main_first():  # one process per node fills the data caches, the others reuse them
         prepared = PREPARE[model_cls.modality](
             record["data"], req.data_dir if req.data_dir is not None else record.get("data_dir"),
