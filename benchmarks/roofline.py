@@ -131,17 +131,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def step_times(genlab: tt.GenlabLoop, baseline: tt.ExampleLoop, steps: int,
-               rounds: int) -> tuple[float, float]:
-    """Median seconds per step of each side over alternating rounds."""
+def step_times(genlab: tt.GenlabLoop, baseline: tt.ExampleLoop, steps: int, rounds: int,
+               batch_size: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds per step of each side over alternating rounds (train_throughput's timing)."""
     times: dict[str, list[float]] = {"genlab": [], "baseline": []}
     for r in range(rounds):
         for side in ("genlab", "baseline") if r % 2 == 0 else ("baseline", "genlab"):
             loop = genlab if side == "genlab" else baseline
-            loop.run(2)  # warm-up
-            t = time.perf_counter()
-            loop.run(steps)
-            times[side].append((time.perf_counter() - t) / steps)
+            images_per_s, _ = tt.measure(loop, 2, steps, batch_size, device)
+            times[side].append(batch_size / images_per_s)
     return statistics.median(times["genlab"]), statistics.median(times["baseline"])
 
 
@@ -175,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
                                                   trainer.optimizers))
             b_flop = step_flops(baseline.step)
             steps = tt.DEFAULT_STEPS["cpu"][config] // 3
-            g_s, b_s = step_times(genlab, baseline, steps, args.rounds)
+            g_s, b_s = step_times(genlab, baseline, steps, args.rounds, trainer.cfg.batch_size,
+                                  device)
             g_rate = g_flop / g_s
             print(json.dumps({
                 "config": config, "threads": args.threads, "precision": trainer.cfg.precision,
