@@ -2,7 +2,7 @@
 
 Each model is built the way `genlab train` builds it: tiny data in a temp folder, read through
 `runs.PREPARE[modality]`, which lets `config_for_data` fill the data fields. A new model passes
-this file unchanged once it has an entry in TINY.
+this file unchanged once its class has a `tiny_config`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,6 @@ from genlab.config import TrainConfig, config_from_dict, config_to_dict
 from genlab.models import MODELS, GenerativeModel
 from genlab.runs import PREPARE, Prepared, load_model
 
-# Model config overrides that make each registered model tiny. A registered model without an entry
-# fails `test_contract`; add one when you register a model.
-TINY: dict[str, dict] = {
-    "gan": {"nz": 8, "hidden": 16},
-    "dcgan": {"ngf": 8, "ndf": 8, "nz": 16},
-    "vae": {"nz": 4, "hidden": 16, "pixel_features": 2},
-    "convvae": {"nz": 4, "width": 4, "hidden": 8, "pixel_features": 4},
-    "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
-}
-
 # Keyword arguments that keep `sample` cheap, per modality.
 SAMPLE_KW: dict[str, dict] = {"image": {}, "text": {"max_new_tokens": 8}}
 
@@ -36,13 +26,13 @@ N = 6  # samples per check
 
 def _prepare(name: str, data_specs: dict[str, str], *, conditional: bool = False) -> Prepared:
     cls = MODELS[name]
-    if name not in TINY:
-        pytest.fail(f"model {name!r} has no entry in TINY in tests/test_contract.py; add a tiny "
-                    "config for it there")
+    if not cls.tiny_config:
+        pytest.fail(f"model {name!r} has no tiny_config; give its class one (config overrides "
+                    "that make it tiny)")
     if cls.modality not in PREPARE or cls.modality not in data_specs:
         pytest.fail(f"model {name!r} has modality {cls.modality!r}, which has no runs.PREPARE entry "
                     "or no tiny dataset fixture in tests/conftest.py (data_specs)")
-    config = config_from_dict(cls.config_class, TINY[name], "model")
+    config = config_from_dict(cls.config_class, cls.tiny_config, "model")
     train = TrainConfig(batch_size=8, seed=0)
     return PREPARE[cls.modality](data_specs[cls.modality], None, cls, config, train,
                                  conditional=conditional, device=torch.device("cpu"))
@@ -117,8 +107,7 @@ def test_contract(name: str, data_specs: dict[str, str], tmp_path: Path) -> None
     assert torch.equal(first, _sample(loaded, seed=1))
 
 
-@pytest.mark.parametrize("name", [n for n, cls in MODELS.items()
-                                  if hasattr(cls.config_class(), "num_classes")])
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.supports_conditional])
 def test_conditional_contract(name: str, data_specs: dict[str, str]) -> None:
     prepared = _prepare(name, data_specs, conditional=True)
     assert prepared.model_config.num_classes == 4  # from the tiny dataset's labels

@@ -48,6 +48,7 @@ from genlab.metrics import (
     kid,
     mode_entropy,
 )
+from genlab.models.base import Likelihood
 
 IMAGE_KEYS = ("fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
               "class_accuracy", "mode_entropy")
@@ -301,7 +302,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, n: int = 10000, seed: int = 0,
         images = native_size(net, images, report["notes"], log)
         compare(net, images, labels, reference, n=n, seed=seed, data_dir=data_dir,
                 report=report, log=log)
-    if hasattr(model, "likelihood_report"):
+    if isinstance(model, Likelihood):
         test = likelihood_images(model, dataset, data_dir, n, seed)
         log(f"likelihood on {test[0].shape[0]} {dataset} test images (IWAE K={iwae_k})")
         report.update(_likelihood(model, test, seed, iwae_k))
@@ -400,7 +401,7 @@ def training_evaluator(model: Any, prepared: Any, record: dict[str, Any],
     dataset = prepared.data_info["name"]
     n, seed = record["train_config"]["eval_n"], record["train_config"]["seed"]
     net = feature_net_for(dataset)
-    has_likelihood = hasattr(model, "likelihood_report")
+    has_likelihood = isinstance(model, Likelihood)
     if net is None and not has_likelihood:
         return None
     notes: list[str] = []

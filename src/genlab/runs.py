@@ -364,7 +364,7 @@ def _new_record(req: TrainRequest, is_main: bool) -> dict[str, Any]:
              "eval_every": req.eval_every}
     _, model_config, train_cfg, preset = build_configs(
         req.model, preset=req.preset, overrides=req.overrides, flags=flags)
-    if req.conditional and not hasattr(model_config, "num_classes"):
+    if req.conditional and not get_model_class(req.model).supports_conditional:
         raise UserError(f"model {req.model} has no conditional variant")
     if train_cfg.steps == 0 and train_cfg.epochs == 0:
         raise UserError("say how long to train: --steps N or --epochs E")

@@ -9,6 +9,7 @@ import torch
 
 from genlab.cli import cli
 from genlab.errors import UserError
+from genlab.models.base import Encoder
 
 DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 
@@ -17,7 +18,7 @@ def _load_vae(run_dir: str, which: str, device: str) -> Any:
     from genlab.runs import load_model
 
     model = load_model(run_dir, which=which, device=device)
-    if not hasattr(model, "encode"):
+    if not isinstance(model, Encoder):
         raise UserError(f"{run_dir} holds a {model.name} model, which has no encoder; reconstruct "
                         "and interpolate need a VAE (vae, convvae)")
     return model

@@ -13,6 +13,7 @@ only when the data has them) and convert to their own value range; text models g
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Any, ClassVar
 
@@ -27,13 +28,27 @@ class GenerativeModel(nn.Module):
     name: ClassVar[str]
     description: ClassVar[str]
     config_class: ClassVar[type]
-    modality: ClassVar[str] = "image"  # "image" or "text"
+    modality: ClassVar[str] = "image"  # a key of genlab.modalities.MODALITIES
     default_preset: ClassVar[str | None] = None  # preset applied when the user names none
+    # the family has a class-conditional variant (`--conditional`): its config has `num_classes`
+    supports_conditional: ClassVar[bool] = False
+    # config overrides that make the model tiny: the contract battery (tests/test_contract.py)
+    # builds every registered model with them, so a new model edits no test table
+    tiny_config: ClassVar[dict[str, Any]] = {}
+    # keyword options of `sample` beyond n / generator / labels / the text options, with their
+    # defaults (a diffusion model's sampler and step count); the generation API passes them on
+    sample_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
         self._amp_device: str | None = None  # set by `set_precision`
+        self.checkpoint_step: int | None = None  # the step of the checkpoint it was loaded from
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model is conditioned on; 0 for an unconditional model."""
+        return int(getattr(self.config, "num_classes", 0) or 0) if self.supports_conditional else 0
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -106,6 +121,78 @@ class GenerativeModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+# --- capabilities a model may declare ------------------------------------------------------------
+#
+# A family that can do more than train and sample says so by inheriting one of these; callers test
+# `isinstance(model, Likelihood)`, never `hasattr`. Each lists the methods it promises, as abstract
+# methods: a class that declares a capability and lacks one of them cannot be instantiated.
+
+
+class Likelihood(abc.ABC):
+    """The model gives a (bound on the) log-likelihood of real images.
+
+    - `likelihood_report(images, *, labels=None, iwae_k=100, generator=None, batch_size=500)`
+      on uint8 `(N, C, H, W)` images -> a dict with `neg_elbo_nats`, `neg_elbo_bpd`,
+      `iwae_nll_nats`, `iwae_nll_bpd` (bpd keys None when the likelihood is not over 8-bit
+      pixels), `iwae_k`, `n_test`, `likelihood` (its name). Averages over the images.
+    - `example_nll(images, *, labels=None, generator=None) -> Tensor (N,)`: the negative ELBO (or
+      bound) of each image in nats, for membership-inference attacks.
+    """
+
+    @abc.abstractmethod
+    def likelihood_report(self, images: torch.Tensor, *, labels: torch.Tensor | None = None,
+                          iwae_k: int = 100, generator: torch.Generator | None = None,
+                          batch_size: int = 500) -> dict[str, Any]:
+        ...
+
+    @abc.abstractmethod
+    def example_nll(self, images: torch.Tensor, *, labels: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        ...
+
+
+class Encoder(abc.ABC):
+    """The model maps images to latents and back (`genlab reconstruct`, `genlab interpolate`).
+
+    - `inputs(images uint8, generator=None) -> Tensor`: the data the model explains, in [0, 1].
+    - `encode(x, labels=None) -> (mu, log_var)`, each `(B, nz)`.
+    - `decode(z, labels=None) -> images (B, C, H, W)` in [0, 1].
+    - `reconstruct(images uint8, labels=None, generator=None) -> images` in [0, 1].
+    """
+
+    @abc.abstractmethod
+    def inputs(self, images: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        ...
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor,
+               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+
+    @abc.abstractmethod
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        ...
+
+
+class Discriminator(abc.ABC):
+    """The model has a trained critic of real vs generated images (a GAN).
+
+    - `discriminator_score(images uint8 (N, C, H, W), labels=None) -> Tensor (N,)`: the critic's
+      logit per image, higher = judged more real; for membership-inference attacks.
+    """
+
+    @abc.abstractmethod
+    def discriminator_score(self, images: torch.Tensor,
+                            labels: torch.Tensor | None = None) -> torch.Tensor:
+        ...
 
 
 def make_optimizer(params: Any, train: TrainConfig, **overrides: Any) -> torch.optim.Optimizer:

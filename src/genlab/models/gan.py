@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from genlab.config import TrainConfig
 from genlab.errors import UserError
 from genlab.models.base import (
+    Discriminator,
     GenerativeModel,
     class_labels,
     image_config_for_data,
@@ -77,10 +78,11 @@ def _norm_2d(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-class GAN(GenerativeModel):
+class GAN(GenerativeModel, Discriminator):
     """Shared adversarial training; subclasses build `generator` and `discriminator`."""
 
     config_class = GANConfig
+    supports_conditional = True
 
     def __init__(self, config: GANConfig) -> None:
         super().__init__(config)
@@ -224,6 +226,24 @@ class GAN(GenerativeModel):
         # contiguous: channels_last networks give NHWC-strided images, which `.view` rejects
         return torch.cat(chunks).add_(1.0).mul_(0.5).clamp_(0.0, 1.0).contiguous()
 
+    @torch.no_grad()
+    def discriminator_score(self, images: Tensor, labels: Tensor | None = None,
+                            batch_size: int = 500) -> Tensor:
+        """The discriminator's logit for each uint8 image `(N,)`, higher = judged more real; in
+        eval mode (batch norm uses its running statistics), fp32."""
+        if self.config.num_classes and labels is None:
+            raise UserError("a conditional discriminator scores (image, label) pairs: pass labels")
+        net = self.discriminator
+        was_training = net.training
+        net.eval()
+        out = []
+        for start in range(0, images.shape[0], batch_size):
+            x = unit_to_signed(images_to_unit(images[start:start + batch_size].to(self.device)))
+            y = labels[start:start + batch_size].to(self.device) if labels is not None else None
+            out.append(net(x, y).float().cpu())
+        net.train(was_training)
+        return torch.cat(out)
+
     def _sample_labels(self, n: int, labels: Tensor | int | None,
                        generator: torch.Generator | None, device: torch.device) -> Tensor | None:
         return class_labels(n, labels, self.config.num_classes, generator, device)
@@ -286,6 +306,7 @@ class MLPGAN(GAN):
     description = "the documents' MLP GAN, fixed: logits, non-saturating loss, [-1, 1] data"
     config_class = MLPGANConfig
     default_preset = "gan"
+    tiny_config = {"nz": 8, "hidden": 16}
 
     def build_networks(self, config: MLPGANConfig) -> tuple[nn.Module, nn.Module]:
         return MLPGenerator(config), MLPDiscriminator(config)
@@ -401,6 +422,7 @@ class DCGAN(GAN):
     description = "DCGAN at the data's native size (28, 32, ...); preset dcgan64 is the classic 64x64"
     config_class = DCGANConfig
     default_preset = "dcgan"
+    tiny_config = {"ngf": 8, "ndf": 8, "nz": 16}
 
     def build_networks(self, config: DCGANConfig) -> tuple[nn.Module, nn.Module]:
         # channels_last (NHWC) weights make the convolutions run NHWC, oneDNN's and cuDNN's native

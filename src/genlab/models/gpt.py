@@ -179,6 +179,7 @@ class GPT(GenerativeModel):
     config_class = GPTConfig
     modality = "text"
     default_preset = "shakespeare-char"
+    tiny_config = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)

@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import UserError
-from genlab.models.base import GenerativeModel, class_labels, image_config_for_data, images_to_unit
+from genlab.models.base import (
+    Encoder,
+    GenerativeModel,
+    Likelihood,
+    class_labels,
+    image_config_for_data,
+    images_to_unit,
+)
 from genlab.models.likelihoods import LIKELIHOODS, binarize
 
 
@@ -60,11 +67,12 @@ class VAEConfig:
             raise UserError(f"model.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
 
 
-class VAE(GenerativeModel):
+class VAE(GenerativeModel, Likelihood, Encoder):
     """Shared VAE maths; subclasses build `encoder` (x, cond) -> (mu, log_var) and `decoder`
     (z, cond) -> per-pixel features (B, pixel_features, H, W)."""
 
     config_class = VAEConfig
+    supports_conditional = True
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
@@ -232,6 +240,24 @@ class VAE(GenerativeModel):
                 "iwae_nll_bpd": self.bits_per_dim(torch.tensor(iwae_nll)).item() if bpd else None,
                 "iwae_k": iwae_k, "n_test": n, "likelihood": self.likelihood.name}
 
+    @torch.no_grad()
+    def example_nll(self, images: Tensor, *, labels: Tensor | None = None,
+                    generator: torch.Generator | None = None, batch_size: int = 500) -> Tensor:
+        """The negative ELBO of each uint8 image in nats, `(N,)`, from one posterior draw each
+        (the single-sample estimate the training loss uses). Runs in fp32, in eval mode."""
+        self._check_images(images)
+        if self.config.num_classes and labels is None:
+            raise UserError("a conditional VAE's likelihood is p(x|label): pass the labels")
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, images.shape[0], batch_size):
+            x = self.inputs(images[start:start + batch_size].to(self.device), generator)
+            y = labels[start:start + batch_size].to(self.device) if labels is not None else None
+            out.append(-self.log_weights(x, y, 1, generator)[0].double().cpu())
+        self.train(was_training)
+        return torch.cat(out)
+
     def _check_images(self, images: Tensor) -> None:
         c, s = self.config.channels, self.config.image_size
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
@@ -307,6 +333,7 @@ class MLPVAE(VAE):
     description = "the documents' MLP VAE, fixed: reparameterized, summed 8-bit likelihood, IWAE"
     config_class = MLPVAEConfig
     default_preset = "vae"
+    tiny_config = {"nz": 4, "hidden": 16, "pixel_features": 2}
 
     def build_networks(self, config: MLPVAEConfig) -> tuple[nn.Module, nn.Module]:
         return MLPEncoder(config), MLPDecoder(config)
@@ -376,6 +403,7 @@ class ConvVAE(VAE):
     description = "convolutional VAE for 28x28 / 32x32 grey or RGB images"
     config_class = ConvVAEConfig
     default_preset = "convvae"
+    tiny_config = {"nz": 4, "width": 4, "hidden": 8, "pixel_features": 4}
 
     def build_networks(self, config: ConvVAEConfig) -> tuple[nn.Module, nn.Module]:
         return ConvEncoder(config), ConvDecoder(config)
