@@ -21,7 +21,8 @@ import time
 import torch
 
 from genlab.models.gpt import GPT
-from genlab.runs import build_configs, load_model
+from genlab.rundir import load_model
+from genlab.runs import build_configs
 
 
 def timed_sample(model: GPT, tokens: int, use_cache: bool, seed: int) -> tuple[torch.Tensor, float]:

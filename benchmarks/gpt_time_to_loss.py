@@ -4,7 +4,7 @@
     python benchmarks/gpt_time_to_loss.py --device cuda    # GPU: preset shakespeare-char, 1.47
 
 It trains through genlab's own pipeline (`genlab.runs.train`, what `genlab train gpt` runs) into a
-temporary run folder, timing each validation (the full validation split, see genlab.text.modality),
+temporary run folder, timing each validation (the full validation split, see genlab.modalities.text),
 and prints one JSON line:
 
 - seconds_to_target: process start to the end of the first validation at or below --target (null if
@@ -60,6 +60,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from genlab import runs  # noqa: E402
+from genlab.modalities import MODALITIES  # noqa: E402
+from genlab.rundir import read_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -68,7 +70,8 @@ DEFAULTS = {"cpu": ("shakespeare-char-cpu", 1.88), "cuda": ("shakespeare-char", 
 
 def timed_evaluators(evals: list[dict]) -> None:
     """Wrap the text evaluator so each validation records its step, loss and finishing time."""
-    factory = runs.EVALUATORS["text"]
+    text = MODALITIES["text"]
+    factory = text.training_evaluator
 
     def timed_factory(*args, **kwargs):
         evaluate, key = factory(*args, **kwargs)
@@ -84,7 +87,7 @@ def timed_evaluators(evals: list[dict]) -> None:
 
         return timed, key
 
-    runs.EVALUATORS["text"] = timed_factory
+    text.training_evaluator = timed_factory
 
 
 def main() -> None:
@@ -113,8 +116,8 @@ def main() -> None:
                                 steps=args.steps, seed=args.seed, device=args.device,
                                 compile=args.compile or None, out=str(Path(tmp) / "run"),
                                 overrides=("model.tokenizer=char", *args.overrides))
-        run_dir = runs.train(req, log=lambda msg: None)
-        record = runs.read_run(run_dir)
+        run_dir = runs.train(req)
+        record = read_run(run_dir)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     block = record["model_config"]["block_size"]
     rates = [r["items_per_s"] * block for r in rows if "items_per_s" in r]

@@ -10,7 +10,7 @@ a DataLoader with 2 workers over a Dataset doing per-sample PIL Resize + ToTenso
 Sigmoid at the end of D + BCELoss, two D backwards, `.item()` every step for the progress line.
 It trains the same networks (checked parameter by parameter), batch size and Adam settings on the same
 Fashion-MNIST images. genlab's side is its own training code: the preset (`dcgan64`, `dcgan`),
-`runs.prepare_images` (the in-memory uint8 batcher), `models.gan.DCGAN` with the run's precision
+`ImageModality.prepare` (the in-memory uint8 batcher), `models.gan.DCGAN` with the run's precision
 and `train.Trainer.fit`, which syncs with the device only at its log steps and at the end.
 
 Both run in this process, in alternating rounds (genlab first in even rounds, the baseline first in
@@ -41,9 +41,11 @@ from PIL import Image
 from torch import nn
 
 from genlab.data import ImageData, load_images
+from genlab.devices import bf16_supported, resolve_device
+from genlab.modalities import MODALITIES
 from genlab.models.gan import DCGAN, DCGANConfig, dcgan_layout
-from genlab.runs import bf16_supported, build_configs, prepare_images, resolve_device
-from genlab.train import Trainer
+from genlab.runs import build_configs
+from genlab.trainer import Trainer
 
 DATASET = "fashion-mnist"
 CONFIGS = ("dcgan64", "dcgan")  # genlab presets: 64x64 (the example's size) and 28x28 (native)
@@ -220,10 +222,9 @@ class GenlabLoop:
         overrides = [f"train.compile_mode={args.compile_mode}"] if args.compile_mode else []
         model_cls, model_cfg, train_cfg, _ = build_configs("dcgan", preset=config,
                                                           overrides=overrides, flags=flags)
-        prepared = prepare_images(DATASET, args.data_dir, model_cls, model_cfg, train_cfg,
-                                  conditional=False, device=device)
+        prepared = MODALITIES["image"].prepare(DATASET, args.data_dir, model_cls, model_cfg,
+                                               train_cfg, conditional=False, device=device)
         model = model_cls(prepared.model_config).to(device)
-        model.validate_train_config(train_cfg)
         model.set_precision(train_cfg.precision, device.type)
         optimizers = model.configure_optimizers(train_cfg)
         if train_cfg.compile:

@@ -97,7 +97,7 @@ def train_tiny(idx_spec) -> Callable[..., Path]:
         req = TrainRequest(model=model, data=request.pop("data", idx_spec), steps=steps,
                            batch_size=request.pop("batch_size", 8), out=str(out), device="cpu",
                            overrides=(*TINY_TRAIN, *tiny, *overrides), **request)
-        return train(req, log=lambda msg: None)
+        return train(req)
 
     return run
 

@@ -1,8 +1,10 @@
-"""The contract battery (docs/architecture.md), run against every model in `genlab.models.MODELS`.
+"""The contract battery (docs/architecture.md), run against every model in `genlab.models.MODELS`
+with every modality in `genlab.modalities.MODALITIES` that feeds it.
 
-Each model is built the way `genlab train` builds it: tiny data in a temp folder, read through
-`runs.PREPARE[modality]`, which lets `config_for_data` fill the data fields. A new model passes
-this file unchanged once its class has a `tiny_config`.
+Each model is built the way `genlab train` builds it: the modality's tiny dataset, written to a temp
+folder and read through `modality.prepare`, which lets `config_for_data` fill the data fields. A new
+model passes this file unchanged once its class has a `tiny_config`; a new modality once it
+implements `tiny_data` and `check_samples`.
 """
 
 from __future__ import annotations
@@ -15,66 +17,63 @@ import torch
 
 from genlab.checkpoint import save_checkpoint
 from genlab.config import TrainConfig, config_from_dict, config_to_dict
+from genlab.modalities import MODALITIES, Modality, Prepared
 from genlab.models import MODELS, GenerativeModel
-from genlab.runs import PREPARE, Prepared, load_model
-
-# Keyword arguments that keep `sample` cheap, per modality.
-SAMPLE_KW: dict[str, dict] = {"image": {}, "text": {"max_new_tokens": 8}}
+from genlab.rundir import load_model
 
 N = 6  # samples per check
+PAIRS = [(name, modality) for name, cls in MODELS.items() for modality, m in MODALITIES.items()
+         if m.feeds == cls.modality]
 
 
-def _prepare(name: str, data_specs: dict[str, str], *, conditional: bool = False) -> Prepared:
+@pytest.fixture(scope="session")
+def tiny_specs(tmp_path_factory) -> dict[str, str]:
+    """Each modality's tiny dataset, written once."""
+    return {name: m.tiny_data(tmp_path_factory.mktemp(f"tiny-{name}"))
+            for name, m in MODALITIES.items()}
+
+
+def _prepare(name: str, modality: Modality, spec: str, *, conditional: bool = False) -> Prepared:
     cls = MODELS[name]
     if not cls.tiny_config:
         pytest.fail(f"model {name!r} has no tiny_config; give its class one (config overrides "
                     "that make it tiny)")
-    if cls.modality not in PREPARE or cls.modality not in data_specs:
-        pytest.fail(f"model {name!r} has modality {cls.modality!r}, which has no runs.PREPARE entry "
-                    "or no tiny dataset fixture in tests/conftest.py (data_specs)")
     config = config_from_dict(cls.config_class, cls.tiny_config, "model")
+    config.validate(partial=True)
     train = TrainConfig(batch_size=8, seed=0)
-    return PREPARE[cls.modality](data_specs[cls.modality], None, cls, config, train,
-                                 conditional=conditional, device=torch.device("cpu"))
+    return modality.prepare(spec, None, cls, config, train, conditional=conditional,
+                            device=torch.device("cpu"))
 
 
-def _build(name: str, prepared: Prepared) -> GenerativeModel:
+def _build(name: str, modality: Modality, prepared: Prepared) -> GenerativeModel:
     config = prepared.model_config
-    if hasattr(config, "validate"):
-        config.validate()
+    config.validate()
     torch.manual_seed(0)
     model = MODELS[name](config)
+    model.modality = modality.name
     model.load_checkpoint_extras(prepared.extras)  # state from the data, e.g. a tokenizer
     return model
 
 
-def _sample(model: GenerativeModel, seed: int, n: int = N, **kw) -> torch.Tensor:
+def _sample(model: GenerativeModel, modality: Modality, seed: int, n: int = N,
+            **kw) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return model.sample(n, generator=g, **SAMPLE_KW.get(model.modality, {}), **kw)
+    return model.sample(n, generator=g, **modality.cheap_sample_kwargs(), **kw)
 
 
-def _check_samples(model: GenerativeModel, x: torch.Tensor, n: int = N) -> None:
-    config = model.config
-    assert x.shape[0] == n
-    if model.modality == "image":
-        assert x.shape[1:] == (config.channels, config.image_size, config.image_size)
-        assert x.is_floating_point()
-        assert x.min() >= 0.0 and x.max() <= 1.0
-    else:
-        assert x.dim() == 2 and not x.is_floating_point()
-        assert x.min() >= 0 and x.max() < config.vocab_size
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-def test_contract(name: str, data_specs: dict[str, str], tmp_path: Path) -> None:
-    prepared = _prepare(name, data_specs)
-    model = _build(name, prepared)
+@pytest.mark.parametrize(("name", "modality_name"), PAIRS)
+def test_contract(name: str, modality_name: str, tiny_specs: dict[str, str],
+                  tmp_path: Path) -> None:
+    modality = MODALITIES[modality_name]
+    prepared = _prepare(name, modality, tiny_specs[modality_name])
+    model = _build(name, modality, prepared)
     assert model.name == name and isinstance(model.description, str)
     batch = prepared.batcher.batch(0)
 
     # loss: a dict with a finite scalar "loss" that backpropagates into the parameters
     out = model.loss(batch)
     assert out["loss"].dim() == 0 and math.isfinite(out["loss"].item())
+    assert set(model.progress_keys) <= set(out)
     out["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -85,6 +84,7 @@ def test_contract(name: str, data_specs: dict[str, str], tmp_path: Path) -> None
     optimizers = model.configure_optimizers(TrainConfig(lr=1e-3))
     before = {id(p): p.detach().clone() for p in model.parameters()}
     logged = model.train_step(batch, optimizers)
+    assert set(model.progress_keys) <= set(logged)
     assert "loss" in logged and all(math.isfinite(float(v)) for v in logged.values())
     for opt_name, opt in optimizers.items():
         params = [p for group in opt.param_groups for p in group["params"]]
@@ -93,31 +93,37 @@ def test_contract(name: str, data_specs: dict[str, str], tmp_path: Path) -> None
 
     # sample: shape and range; randomness only through `generator`
     model.eval()
-    first = _sample(model, seed=1)
-    _check_samples(model, first)
-    assert torch.equal(first, _sample(model, seed=1))
-    assert not torch.equal(first, _sample(model, seed=2))
+    first = _sample(model, modality, seed=1)
+    modality.check_samples(model, first, N)
+    assert torch.equal(first, _sample(model, modality, seed=1))
+    assert not torch.equal(first, _sample(model, modality, seed=2))
 
-    # save / load round trip through the real checkpoint path gives the same samples
+    # save / load round trip through the real checkpoint path gives the same samples and the
+    # same modality
     meta = {"model": name, "model_config": config_to_dict(model.config), "step": 1,
-            "extras": model.checkpoint_extras()}
+            "modality": modality.name, "extras": model.checkpoint_extras()}
     save_checkpoint(tmp_path / "checkpoint", model, meta=meta, optimizers=optimizers)
     loaded = load_model(tmp_path)
     assert type(loaded) is type(model) and loaded.checkpoint_step == 1
-    assert torch.equal(first, _sample(loaded, seed=1))
+    assert loaded.modality == modality.name
+    assert torch.equal(first, _sample(loaded, modality, seed=1))
 
 
-@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.supports_conditional])
-def test_conditional_contract(name: str, data_specs: dict[str, str]) -> None:
-    prepared = _prepare(name, data_specs, conditional=True)
-    assert prepared.model_config.num_classes == 4  # from the tiny dataset's labels
-    model = _build(name, prepared).eval()
+@pytest.mark.parametrize(("name", "modality_name"),
+                         [(n, m) for n, m in PAIRS if MODELS[n].supports_conditional])
+def test_conditional_contract(name: str, modality_name: str, tiny_specs: dict[str, str]) -> None:
+    modality = MODALITIES[modality_name]
+    prepared = _prepare(name, modality, tiny_specs[modality_name], conditional=True)
+    k = prepared.model_config.num_classes
+    assert k >= 2  # from the tiny dataset's labels
+    model = _build(name, modality, prepared).eval()
+    assert model.num_classes == k
     assert "labels" in prepared.batcher.batch(0)
     assert math.isfinite(model.loss(prepared.batcher.batch(0))["loss"].item())
 
-    labels = torch.tensor([0, 1, 2, 3, 0, 1])
-    x = _sample(model, seed=1, labels=labels)
-    _check_samples(model, x)
-    _check_samples(model, _sample(model, seed=1, n=3, labels=2), n=3)
-    # the label conditions the output: same noise, other classes, other images
-    assert not torch.equal(x, _sample(model, seed=1, labels=(labels + 1) % 4))
+    labels = torch.arange(N) % k
+    x = _sample(model, modality, seed=1, labels=labels)
+    modality.check_samples(model, x, N)
+    modality.check_samples(model, _sample(model, modality, seed=1, n=3, labels=1), 3)
+    # the label conditions the output: same noise, other classes, other samples
+    assert not torch.equal(x, _sample(model, modality, seed=1, labels=(labels + 1) % k))

@@ -248,7 +248,7 @@ def test_rng_states_resume_per_rank_or_are_reseeded_for_another_world_size(tmp_p
     single = DistContext()
     draws = []
     for _ in range(2):
-        single.restore_rng(tmp_path / "ckpt", seed=3, step=10, log=lambda msg: None)
+        single.restore_rng(tmp_path / "ckpt", seed=3, step=10)
         draws.append(torch.rand(3))
     assert torch.equal(draws[0], draws[1])  # reseeded the same way on every resume
     for state in states.values():

@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab import evaluate, featurenet
+import genlab
+from genlab import featurenet
 from genlab.data import load_images
 from genlab.errors import UserError
-from genlab.evaluate import IMAGE_KEYS
+from genlab.evaluation import IMAGE_KEYS
 
 REPORT_KEYS = {*IMAGE_KEYS, "floor", "n", "seed", "feature_net", "provenance"}
 DIGITS_TEST = 297
@@ -163,7 +164,7 @@ def test_eval_json_is_written_atomically(digits_run, tmp_path, run_cli, monkeypa
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        evaluate.evaluate_run(run, n=20, log=lambda _: None)
+        genlab.evaluate(run, n=20)
     assert (run / "eval.json").read_text() == '{"old": 1}\n'
     assert sorted(p.name for p in run.iterdir() if "eval" in p.name) == ["eval.json"]
 

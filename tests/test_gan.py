@@ -254,4 +254,5 @@ def test_sampling_uses_ema_weights_unless_told_otherwise() -> None:
 
 def test_grad_accum_is_refused_for_gans() -> None:
     with pytest.raises(UserError, match="grad_accum"):
-        _dcgan().validate_train_config(TrainConfig(grad_accum=2, batch_size=8))
+        model = _dcgan()
+        model.validate_train_config(model.config, TrainConfig(grad_accum=2, batch_size=8))

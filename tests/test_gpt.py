@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from genlab.config import TrainConfig
 from genlab.errors import UserError
+from genlab.modalities import MODALITIES
 from genlab.models.gpt import GPT, GPTConfig, KVCache
 from genlab.runs import TrainRequest, train
 from genlab.text import data as text_data
 from genlab.text.data import TextBatcher, load_text, validation_windows
-from genlab.text.modality import make_text_evaluator, prepare_text
 from genlab.text.sampling import next_token, stream_text
 from genlab.text.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
 
@@ -149,7 +149,7 @@ def test_bad_text_files_are_user_errors(tmp_path, content, message):
     source = write(tmp_path / "bad.txt", content)
     config = GPTConfig(**TINY)
     with pytest.raises(UserError, match=message):
-        prepare_text(f"text:{source}", None, GPT, config, TrainConfig(batch_size=2),
+        MODALITIES["text"].prepare(f"text:{source}", None, GPT, config, TrainConfig(batch_size=2),
                      conditional=False, device=torch.device("cpu"))
 
 
@@ -235,11 +235,11 @@ def test_cache_slides_past_the_context_as_documented():
     assert model(ids[:, 9:18])[0, -1].argmax() == ids[0, 18]
 
 
-def test_long_prompt_is_cropped_with_a_warning(capsys):
+def test_long_prompt_is_cropped_with_a_warning(caplog):
     model = tiny_model()
     out = model.sample(2, prompt_ids=list(range(11)) * 3, max_new_tokens=2)
     assert out.shape == (2, 35)
-    assert "the prompt has 33 tokens, more than the context of 16" in capsys.readouterr().err
+    assert "the prompt has 33 tokens, more than the context of 16" in caplog.text
 
 
 def test_top_k_and_top_p_keep_only_likely_tokens():
@@ -264,12 +264,13 @@ def test_validation_loss_covers_the_split_and_is_deterministic(tmp_path):
     assert np.array_equal(np.concatenate([w[:, 1:].ravel() for w in windows]), val[1:])
 
     config = GPTConfig(**TINY)
-    prepared = prepare_text(f"text:{source}", None, GPT, config, TrainConfig(batch_size=4),
+    prepared = MODALITIES["text"].prepare(f"text:{source}", None, GPT, config, TrainConfig(batch_size=4),
                             conditional=False, device=torch.device("cpu"))
     torch.manual_seed(0)
     model = GPT(prepared.model_config)
     record = {"data": f"text:{source}"}
-    evaluate, key = make_text_evaluator(model, prepared, record, None, torch.device("cpu"))
+    evaluate, key = MODALITIES["text"].training_evaluator(model, prepared, record, None,
+                                                          torch.device("cpu"))
     first, second = evaluate(1), evaluate(2)
     assert key == "val_loss" and first == second
     ids = torch.from_numpy(val.astype(np.int64))[None]
@@ -316,7 +317,7 @@ def _train_tiny(out: Path, data: str, steps: int, resume: bool = False) -> Path:
                            device="cpu", overrides=(*TINY_SET, *TRAIN_SET, "model.dropout=0.1",
                                                     "model.tokenizer=bpe", "model.vocab_size=280",
                                                     "train.lr_decay_steps=4"))
-    return train(req, log=lambda msg: None)
+    return train(req)
 
 
 def test_resume_is_exact(tmp_path, text_file):
@@ -337,7 +338,7 @@ def test_resume_is_exact(tmp_path, text_file):
 def _train_char(out: Path, text: Path, steps: int, **request) -> Path:
     req = TrainRequest(model="gpt", data=f"text:{text}", steps=steps, batch_size=4, out=str(out),
                        device="cpu", overrides=(*TINY_SET, *TRAIN_SET), **request)
-    return train(req, log=lambda msg: None)
+    return train(req)
 
 
 def test_init_from_keeps_the_source_tokenizer(tmp_path):
@@ -356,7 +357,7 @@ def test_init_from_keeps_the_source_tokenizer(tmp_path):
     data = load_text(f"text:{subset}", "char", fixed=tok)
     assert tok.decode(data.train[:28]) == "the dog jumps over the fox.\n"
     # a resumed fine-tuning run still encodes with that tokenizer (same tokens: same checksum)
-    train(TrainRequest(resume=str(tuned), steps=4, device="cpu"), log=lambda msg: None)
+    train(TrainRequest(resume=str(tuned), steps=4, device="cpu"))
     assert json.loads((tuned / "checkpoint" / "state.json").read_text())["step"] == 4
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -16,14 +17,15 @@ import torch
 from safetensors.torch import load_file
 
 import genlab
-from genlab import checkpoint, runs
+from genlab import checkpoint
 from genlab.checkpoint import read_state, verify_checkpoint
 from genlab.config import TrainConfig
 from genlab.data import load_images
 from genlab.errors import NonFiniteLossError, UserError
+from genlab.modalities import MODALITIES
 from genlab.models import gan_losses
 from genlab.runs import TrainRequest, train
-from genlab.train import get_lr
+from genlab.trainer import get_lr
 
 
 def _bytes(run: Path, name: str) -> bytes:
@@ -31,7 +33,7 @@ def _bytes(run: Path, name: str) -> bytes:
 
 
 def _resume(run: Path, steps: int) -> Path:
-    return train(TrainRequest(resume=str(run), steps=steps, device="cpu"), log=lambda msg: None)
+    return train(TrainRequest(resume=str(run), steps=steps, device="cpu"))
 
 
 def _rows(run: Path) -> list[dict]:
@@ -80,7 +82,8 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint(train_tiny, run_cli
 
 def test_ctrl_c_stops_at_a_step_boundary_and_resume_is_exact(train_tiny, tmp_path: Path,
                                                              monkeypatch) -> None:
-    write_samples = runs.WRITE_SAMPLES["image"]
+    image = MODALITIES["image"]
+    write_samples = image.write_training_samples
 
     def write_then_interrupt(model, run_dir: Path, step: int, seed: int) -> Path:
         path = write_samples(model, run_dir, step, seed)
@@ -88,7 +91,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resume_is_exact(train_tiny, tmp_pat
             signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
         return path
 
-    monkeypatch.setitem(runs.WRITE_SAMPLES, "image", write_then_interrupt)
+    monkeypatch.setattr(image, "write_training_samples", write_then_interrupt)
     full = train_tiny(tmp_path / "full", steps=6)
     with pytest.raises(KeyboardInterrupt):
         train_tiny(tmp_path / "stopped", steps=6)
@@ -137,9 +140,10 @@ def test_outputs_follow_the_umask(train_tiny, tmp_path: Path) -> None:
         os.umask(old)
 
 
-def test_plain_progress_lines_off_a_terminal(train_tiny, tmp_path: Path, capsys) -> None:
+def test_plain_progress_lines_off_a_terminal(train_tiny, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="genlab")
     train_tiny(tmp_path / "log", steps=2, overrides=("train.log_every=1",))
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    lines = [line for line in caplog.messages if line.startswith("step ")]
     assert len(lines) == 2
     assert all(re.fullmatch(r"step \d/2 loss=\S+ d_loss=\S+ g_loss=\S+ [\d,]+ img/s eta \d+s", line)
                for line in lines), lines
@@ -251,9 +255,9 @@ def test_lr_decay_steps_recorded_and_kept_on_resume(train_tiny, tmp_path: Path) 
 @pytest.mark.parametrize("hardware_bf16", [True, False])
 def test_precision_auto_is_resolved_and_recorded(train_tiny, tmp_path: Path, monkeypatch,
                                                  hardware_bf16: bool) -> None:
-    import genlab.runs
+    import genlab.devices
 
-    monkeypatch.setattr(genlab.runs, "bf16_supported", lambda device: hardware_bf16)
+    monkeypatch.setattr(genlab.devices, "bf16_supported", lambda device: hardware_bf16)
     run = train_tiny(tmp_path / "auto", steps=1, precision="auto")
     expected = "bf16" if hardware_bf16 else "fp32"
     record = json.loads((run / "run.json").read_text())

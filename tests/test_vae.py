@@ -27,7 +27,8 @@ from genlab.models.vae import (
     gaussian_kl,
     interpolate_latents,
 )
-from genlab.runs import TrainRequest, load_model, train
+from genlab.rundir import load_model
+from genlab.runs import TrainRequest, train
 
 TINY_MLP = ("model.hidden=16", "model.nz=4", "model.pixel_features=2")
 
@@ -56,7 +57,7 @@ def _train(out: Path, data: str, model: str = "vae", steps: int = 4, overrides=(
     request = TrainRequest(model=model, data=data, steps=steps, batch_size=8, out=str(out),
                            device="cpu", overrides=(*tiny, "train.log_every=1",
                                                     "train.sample_every=0", *overrides), **req)
-    return train(request, log=lambda msg: None)
+    return train(request)
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +339,7 @@ def test_resume_is_exact(tmp_path: Path, idx_spec: str) -> None:
     sets = ("model.kl_warmup_steps=3", "train.lr_decay_steps=4")
     straight = _train(tmp_path / "straight", idx_spec, steps=4, overrides=sets)
     halves = _train(tmp_path / "halves", idx_spec, steps=2, overrides=sets)
-    train(TrainRequest(resume=str(halves), steps=4, device="cpu"), log=lambda msg: None)
+    train(TrainRequest(resume=str(halves), steps=4, device="cpu"))
     a = load_file(str(straight / "checkpoint" / "model.safetensors"))
     b = load_file(str(halves / "checkpoint" / "model.safetensors"))
     assert a.keys() == b.keys() and int(a["kl_step"]) == 4

@@ -1,22 +1,63 @@
 """genlab: train, sample, evaluate and serve generative models (GANs, VAEs, GPTs).
 
     import genlab
-    model = genlab.load("runs/demo")          # a trained run folder
-    images = model.sample(16)                 # (16, C, H, W) in [0, 1]
+    run = genlab.train("dcgan", "digits", steps=300)   # a run folder under runs/
+    samples = genlab.generate(run.dir, n=16, seed=0)   # samples.save("grid.png")
+    report = genlab.evaluate(run.dir)                   # FD, KID, ... and the real-vs-real floor
+    model = genlab.load(run.dir)                        # the model itself: model.sample(16)
+
+The functions are imported on first use, so `import genlab` (and `genlab --help`) stays fast.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import Any
 
-__all__ = ["__version__", "load"]
+from genlab.version import __version__
+
+__all__ = ["GenerationRequest", "Run", "__version__", "evaluate", "generate", "load", "resume",
+           "train"]
 
 
-def load(run_dir, *, which: str = "checkpoint", device: str = "cpu"):
-    """The trained model of a run folder, in eval mode, ready to `sample`.
+def train(*args: Any, **kwargs: Any) -> Any:
+    from genlab import api
 
-    `which` is "checkpoint" (the latest) or "best". Hashes are verified before anything is loaded.
-    """
-    from genlab.runs import load_model
+    return api.train(*args, **kwargs)
 
-    return load_model(run_dir, which=which, device=device)
+
+train.__doc__ = "Train a model on a dataset; see `genlab.api.train`."
+
+
+def resume(*args: Any, **kwargs: Any) -> Any:
+    from genlab import api
+
+    return api.resume(*args, **kwargs)
+
+
+def load(*args: Any, **kwargs: Any) -> Any:
+    """The trained model of a run folder, in eval mode; see `genlab.api.load`."""
+    from genlab import api
+
+    return api.load(*args, **kwargs)
+
+
+def generate(*args: Any, **kwargs: Any) -> Any:
+    """Samples from a run folder or model; see `genlab.api.generate`."""
+    from genlab import api
+
+    return api.generate(*args, **kwargs)
+
+
+def evaluate(*args: Any, **kwargs: Any) -> Any:
+    """Score a run, as `genlab eval --json`; see `genlab.api.evaluate`."""
+    from genlab import api
+
+    return api.evaluate(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Run", "GenerationRequest"):
+        from genlab import api
+
+        return getattr(api, name) if name == "Run" else api.GenerationRequest
+    raise AttributeError(f"module 'genlab' has no attribute {name!r}")

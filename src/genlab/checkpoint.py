@@ -26,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from genlab import __version__
 from genlab.errors import UserError
+from genlab.version import __version__
 
 MANIFEST = "manifest.json"
 STATE = "state.json"

@@ -36,6 +36,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from genlab.checkpoint import load_rng, rng_states
 from genlab.config import TrainConfig
 from genlab.errors import UserError
+from genlab.log import get_logger
+
+log = get_logger(__name__)
 
 TIMEOUT_ENV = "GENLAB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 900  # long enough for rank 0 to prepare a dataset while the others wait
@@ -171,8 +174,7 @@ class DistContext:
             out.update({f"{key}.rank{r}": row for r, row in enumerate(rows)})
         return out
 
-    def restore_rng(self, path: str | os.PathLike, *, seed: int, step: int,
-                    log: Callable[[str], None]) -> None:
+    def restore_rng(self, path: str | os.PathLike, *, seed: int, step: int) -> None:
         """This rank's RNG states from the checkpoint. Saved by another number of processes, the
         streams cannot continue (the noise of rank r no longer covers the same examples): each rank
         is then seeded from (seed, step, rank), the same way on every resume."""
@@ -180,8 +182,8 @@ class DistContext:
             return
         torch.manual_seed(int(np.random.SeedSequence([seed, step, self.rank]).generate_state(1)[0]))
         if self.is_main:
-            log(f"resuming with {self.world_size} process(es) from a checkpoint saved by another "
-                "number: random streams are reseeded from (seed, step, rank)")
+            log.info(f"resuming with {self.world_size} process(es) from a checkpoint saved by "
+                     "another number: random streams are reseeded from (seed, step, rank)")
 
     @contextlib.contextmanager
     def failures_reported(self) -> Iterator[None]:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,9 +30,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
-from genlab import __version__
 from genlab.checkpoint import atomic_write_bytes, sha256_file
 from genlab.errors import UserError
+from genlab.log import get_logger
+from genlab.version import __version__
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 META_KEY = "genlab_feature_net"
@@ -312,9 +312,9 @@ def train_feature_net(dataset: str, *, data_dir: str | os.PathLike | None = None
     Returns the net (eval mode) and the metadata to save with it.
     """
     from genlab.config import TrainConfig
-    from genlab.train import get_lr
+    from genlab.trainer import get_lr
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or get_logger(__name__).info
     train, test = training_data(dataset, data_dir, log)
     if train.labels is None or test.labels is None:
         raise UserError(f"{dataset} has no labels; a feature net is trained as a classifier")

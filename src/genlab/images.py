@@ -1,17 +1,23 @@
-"""Writing images: sample grids (PNG), sample arrays (npz) and the loss curve. All writes atomic."""
+"""Images as bytes: sample grids and single images (PNG), sample arrays (npz), the loss curve.
+
+The encoders return bytes and touch no file; the `save_*` helpers write them atomically.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from genlab.checkpoint import atomic_write_bytes
-from genlab.train import read_metrics
+
+GRID_MIN_SIDE = 256  # grids are upscaled (nearest) to at least this many pixels
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -27,7 +33,7 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     rows = math.ceil(n / cols)
     grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), 255,
                    dtype=np.uint8)
-    arr = x.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    arr = x.cpu().permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
     for i in range(n):
         r, col = divmod(i, cols)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
@@ -35,46 +41,67 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return grid
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None,
-              min_side: int = 256) -> Path:
-    """A PNG grid of images, upscaled (nearest) so small images stay visible."""
-    grid = make_grid(images, nrow)
-    img = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
-    scale = max(1, math.ceil(min_side / max(img.size)))
+def png_bytes(array: np.ndarray, min_side: int = 0) -> bytes:
+    """An `(H, W, C)` uint8 array (C = 1 or 3) as PNG bytes, upscaled (nearest) to `min_side`."""
+    img = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    scale = max(1, math.ceil(min_side / max(img.size))) if min_side else 1
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    return write_png(img, path)
-
-
-def write_png(img: Image.Image, path: str | Path) -> Path:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_png(images: torch.Tensor, nrow: int | None = None,
+             min_side: int = GRID_MIN_SIDE) -> bytes:
+    """A PNG grid of images `(N, C, H, W)` (uint8, or float in [0, 1])."""
+    return png_bytes(make_grid(images, nrow), min_side)
+
+
+def image_pngs(images: torch.Tensor) -> list[bytes]:
+    """One PNG per image, at its own size."""
+    x = images if images.dtype == torch.uint8 else to_uint8(images)
+    return [png_bytes(img.cpu().permute(1, 2, 0).numpy()) for img in x]
+
+
+def npz_bytes(images: torch.Tensor, labels: torch.Tensor | None = None,
+              **extra: np.ndarray) -> bytes:
+    """`images` as uint8 `(N, H, W)` for grey or `(N, H, W, C)` for colour, plus `labels`."""
+    x = images if images.dtype == torch.uint8 else to_uint8(images)
+    arr = x.cpu().permute(0, 2, 3, 1).numpy()
+    if arr.shape[3] == 1:
+        arr = arr[..., 0]
+    arrays: dict[str, Any] = {"images": arr, **extra}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, data)
     return path
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None,
+              min_side: int = GRID_MIN_SIDE) -> Path:
+    """Write a PNG grid of images (see `grid_png`)."""
+    return write_bytes(grid_png(images, nrow, min_side), path)
 
 
 def save_npz(images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
-    """`images` as uint8 `(N, H, W)` for grey or `(N, H, W, C)` for colour, plus `labels`."""
-    x = images if images.dtype == torch.uint8 else to_uint8(images)
-    arr = x.permute(0, 2, 3, 1).numpy()
-    if arr.shape[3] == 1:
-        arr = arr[..., 0]
-    buf = io.BytesIO()
-    arrays = {"images": arr}
-    if labels is not None:
-        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-    np.savez_compressed(buf, **arrays)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    """Write images (and labels) as an npz (see `npz_bytes`)."""
+    return write_bytes(npz_bytes(images, labels), path)
 
 
-def plot_losses(metrics_path: str | Path, out: str | Path) -> Path | None:
-    """`loss.png`: every logged loss against the step. None when nothing was logged."""
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+def plot_losses(rows: Sequence[dict[str, Any]], out: str | Path,
+                keys: Sequence[str] | None = None) -> Path | None:
+    """`loss.png`: each of `keys` (default: every logged key ending in "loss") against the step,
+    from metrics rows. None when nothing was logged."""
+    rows = [r for r in rows if "loss" in r]
     if not rows:
         return None
     import matplotlib
@@ -82,7 +109,7 @@ def plot_losses(metrics_path: str | Path, out: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows[0] if k.endswith("loss") or k in ("nll", "kl", "val_loss")]
+    keys = [k for k in (keys or [k for k in rows[0] if k.endswith("loss")]) if k in rows[0]]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     steps = [r["step"] for r in rows]
     for key in keys:
@@ -95,6 +122,4 @@ def plot_losses(metrics_path: str | Path, out: str | Path) -> Path | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
-    out = Path(out)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return write_bytes(buf.getvalue(), out)

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from genlab import __version__
 from genlab.errors import UserError
+from genlab.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,15 +45,36 @@ def command_line() -> str:
     return shlex.join(["genlab", *args])
 
 
+# each API request field named in an error -> the flag of `genlab sample` that sets it
+FIELD_FLAGS = {"n": "--n", "seed": "--seed", "label": "--label", "prompt": "--prompt",
+               "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+               "top_k": "--top-k", "top_p": "--top-p", "use_cache": "--no-cache", "out": "--out",
+               "sampler": "--sampler", "sample_steps": "--sample-steps", "guidance": "--guidance"}
+
+
+def _user_message(e: UserError) -> str:
+    """A library error as the command line says it: request fields become flags."""
+    from genlab.generation import RequestError
+
+    if isinstance(e, RequestError) and e.field in FIELD_FLAGS:
+        return f"{FIELD_FLAGS[e.field]} {e.problem}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m genlab`."""
     from genlab.cli import eval, info, train, vae  # noqa: F401  (registers the commands)
+    from genlab.log import logger, to_stderr
 
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("GENLAB_DEBUG") == "1"
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --debug works anywhere on the line (before `--`), not only before the command
+    cut = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:cut] or os.environ.get("GENLAB_DEBUG") == "1"
+    args = [a for i, a in enumerate(args) if a != "--debug" or i >= cut]
+    handler = to_stderr()
     try:
         code = cli.main(args=args, prog_name="genlab", standalone_mode=False,
-                        obj={"argv": list(args)})
+                        obj={"argv": list(argv if argv is not None else sys.argv[1:])})
     except click.UsageError as e:
         path = e.ctx.command_path if e.ctx else "genlab"
         click.echo(f"{path}: error: {_one_line(e.format_message())} (see {path} --help)",
@@ -68,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         if debug:
             raise
-        click.echo(f"genlab: error: {_one_line(str(e))}", err=True)
+        click.echo(f"genlab: error: {_one_line(_user_message(e))}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # the file system said no: a path that cannot be made, a full disk, ...
         if debug:
@@ -77,4 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"genlab: error: {_one_line(e.strerror or str(e))}{where} (check the path, its "
                    "permissions and the free space; --debug shows where it happened)", err=True)
         sys.exit(2)
+    finally:
+        logger.removeHandler(handler)
     sys.exit(code if isinstance(code, int) else 0)

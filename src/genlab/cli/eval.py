@@ -36,7 +36,7 @@ Examples:
               help="Importance samples per image for a VAE's IWAE likelihood.")
 @click.option("--which", default="checkpoint", show_default=True,
               type=click.Choice(["checkpoint", "best"]), help="Which checkpoint of the run.")
-@click.option("--device", default="cpu", show_default=True,
+@click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--feature-net", help="A feature net file of your own (genlab featurenet train).")
 def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir: str | None,
@@ -46,9 +46,12 @@ def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir
 
     Reports FD, KID, precision/recall, density/coverage (and class accuracy for conditional
     models) in a small classifier's feature space, next to the real-vs-real floor. FD here is not
-    FID: the feature net's name and SHA-256 are recorded with it. See docs/evaluation.md.
+    FID: the feature net's name and SHA-256 are recorded with it. A text run reports its
+    validation loss and perplexity. See docs/evaluation.md.
     """
-    from genlab.evaluate import evaluate_fake, evaluate_run, format_report
+    from genlab.api import evaluate
+    from genlab.evaluation import evaluate_fake, format_report
+    from genlab.modalities import get_modality
 
     if (run_dir is None) == (fake is None):
         raise UserError("give either a RUN_DIR or --fake FILE --real DATASET")
@@ -60,13 +63,15 @@ def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir
     else:
         if real is not None:
             raise UserError("--real goes with --fake; a run is compared with its own dataset")
-        report = evaluate_run(run_dir, n=n, seed=seed, data_dir=data_dir, iwae_k=iwae_k,
-                              which=which, device=device, feature_net=feature_net,
-                              command=command_line())
+        report = evaluate(run_dir, n=n, seed=seed, data_dir=data_dir, iwae_k=iwae_k,
+                          which=which, device=device, feature_net=feature_net,
+                          command=command_line())
     if as_json:
         click.echo(json.dumps(report))
-    else:
+    elif fake is not None:
         click.echo(format_report(report))
+    else:
+        click.echo(get_modality(report["provenance"]["modality"]).format_report(report))
         if run_dir is not None:
             name = "eval.json" if which == "checkpoint" else f"eval_{which}.json"
             click.echo(f"wrote {Path(run_dir) / name}", err=True)

@@ -57,13 +57,14 @@ def datasets(data_dir: str | None) -> None:
 @cli.command(epilog="Examples:\n\n  genlab runs\n\n  genlab runs /scratch/runs")
 @click.argument("root", default="runs", type=click.Path(file_okay=False))
 def runs(root: str) -> None:
-    """A table of the runs under ROOT: model, data, steps, last losses."""
-    from genlab.runs import list_runs
+    """A table of the runs under ROOT: model, data, steps, last losses, last evaluation."""
+    from genlab.rundir import list_runs
 
     rows = [[r["run"], r["model"], r["data"], str(r["step"]),
-             r.get("note") or " ".join(f"{k}={v:.3f}" for k, v in r["losses"].items())]
+             r.get("note") or " ".join(f"{k}={v:.3f}" for k, v in r["losses"].items()),
+             " ".join(f"{k}={v:.3f}" for k, v in r["eval"].items()) or "-"]
             for r in list_runs(root)]
     if not rows:
         click.echo(f"no runs under {root}", err=True)
         return
-    click.echo(_table(rows, ["run", "model", "data", "step", "last losses"]))
+    click.echo(_table(rows, ["run", "model", "data", "step", "last losses", "last eval"]))

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from genlab.cli import cli, command_line
 from genlab.errors import UserError
 
-if TYPE_CHECKING:
-    import torch
-
-    from genlab.models.gpt import GPT
+DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 
 TRAIN_EXAMPLE = """\b
 Examples:
@@ -101,7 +97,8 @@ def demo(out: str, steps: int | None, seed: int, device: str) -> None:
     """
     import shutil
 
-    from genlab.runs import RUN_FILE, TrainRequest
+    from genlab.rundir import RUN_FILE
+    from genlab.runs import TrainRequest
     from genlab.runs import train as run_training
 
     out_dir = Path(out)
@@ -119,106 +116,64 @@ Examples:
   genlab sample runs/cgan --n 100 --label 3 --out threes.npz --seed 1
   genlab sample runs/shakespeare --prompt "ROMEO:" --max-new-tokens 500 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1
+  genlab sample runs/diffusion --sampler ddim --sample-steps 50 --out grid.png
 """)
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--n", "n", type=click.IntRange(min=1), help="Samples to draw [default: 64 images, "
-              "1 text].")
+@click.option("--n", "n", type=int, help="Samples to draw [default: 64 images, 1 text].")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="grid.png (a grid) or samples.npz (uint8 `images`, and `labels`); for text, a "
               ".txt file (default: stream to stdout).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--label", type=click.IntRange(min=0), help="Class to draw (conditional models).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="The same seed gives the same samples (and the same bytes).")
+@click.option("--label", type=int, help="Class to draw (conditional models) [default: every "
+              "class in turn].")
 @click.option("--which", default="checkpoint", show_default=True,
               type=click.Choice(["checkpoint", "best"]))
-@click.option("--device", default="cpu", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--device", default="auto", show_default=True, type=DEVICES)
 @click.option("--prompt", help="Text the samples start with (text models).")
-@click.option("--max-new-tokens", type=click.IntRange(min=0),
+@click.option("--max-new-tokens", type=int,
               help="Tokens to generate after the prompt (text models) [default: 500].")
-@click.option("--temperature", type=click.FloatRange(min=0),
+@click.option("--temperature", type=float,
               help="Softmax temperature, 0 = greedy (text models) [default: 1].")
-@click.option("--top-k", type=click.IntRange(min=1), help="Sample among the k likeliest tokens.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
+@click.option("--top-k", type=int, help="Sample among the k likeliest tokens.")
+@click.option("--top-p", type=float,
               help="Sample among the likeliest tokens holding probability p (nucleus).")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context for every token "
               "instead of using the KV cache (slower; for checking).")
-def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int | None, which: str,
-           device: str, prompt: str | None, max_new_tokens: int | None,
-           temperature: float | None, top_k: int | None, top_p: float | None,
-           no_cache: bool) -> None:
+@click.option("--sampler", help="Sampler of a diffusion model (ddim, ddpm, euler, heun).")
+@click.option("--sample-steps", type=int, help="Sampling steps of a diffusion model.")
+@click.option("--guidance", type=float, help="Classifier-free guidance weight (conditional "
+              "diffusion models) [default: none].")
+def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int | None,
+           which: str, device: str, prompt: str | None, max_new_tokens: int | None,
+           temperature: float | None, top_k: int | None, top_p: float | None, no_cache: bool,
+           sampler: str | None, sample_steps: int | None, guidance: float | None) -> None:
     """Draw N samples from a trained run (EMA weights for GANs; text streams to stdout)."""
-    import torch
-
-    from genlab.images import save_grid, save_npz
-    from genlab.runs import load_model
+    from genlab.generation import GenerationRequest
+    from genlab.modalities import get_modality
+    from genlab.rundir import load_model
 
     model = load_model(run_dir, which=which, device=device)
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    text_options = {"prompt": prompt, "max_new_tokens": max_new_tokens,
-                    "temperature": temperature, "top_k": top_k, "top_p": top_p}
-    if model.modality == "text":
-        if label is not None:
-            raise UserError("--label applies to conditional image models, not text models")
-        _sample_text(model, generator, n or 1, out, use_cache=not no_cache, **text_options)
-        return
-    given = [f"--{k.replace('_', '-')}" for k, v in text_options.items() if v is not None]
-    if given or no_cache:
-        raise UserError(f"{', '.join(given or ['--no-cache'])}: text options, and this is an "
-                        f"image model ({model.name})")
-    n = n or 64
+    given = {"sampler": sampler, "sample_steps": sample_steps, "guidance": guidance}
+    request = GenerationRequest(n=n, seed=seed, label=label, prompt=prompt,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, use_cache=not no_cache,
+                                options={k: v for k, v in given.items() if v is not None})
+    modality = get_modality(model.modality)
     if out is None:
-        raise UserError("--out is required: a .png grid or a .npz array, e.g. --out grid.png")
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".png", ".npz"):
-        raise UserError(f"--out must end in .png or .npz, got {out!r}")
-    kwargs = {}
-    k = getattr(model.config, "num_classes", 0)
-    if label is not None:
-        if not k:
-            raise UserError("--label needs a conditional model (train it with --conditional)")
-        if label >= k:
-            raise UserError(f"--label {label} is out of range: the model has classes 0..{k - 1}")
-        kwargs["labels"] = torch.full((n,), label, dtype=torch.long, device=model.device)
-    elif k:
-        kwargs["labels"] = torch.arange(n, device=model.device) % k
-    images = model.sample(n, generator=generator, **kwargs)
-    if suffix == ".png":
-        path = save_grid(images, out, nrow=k if (k and label is None and k <= 16) else None)
+        if modality.stdout_format is None:
+            suffixes = list(dict.fromkeys(modality.samples_class.formats.values()))
+            raise UserError(f"--out is required: a file ending in {' or '.join(suffixes)}, "
+                            f"e.g. --out samples{suffixes[0]}")
     else:
-        path = save_npz(images, out, labels=kwargs.get("labels"))
-    click.echo(str(path))
-
-
-def _sample_text(model: GPT, generator: torch.Generator, n: int, out: str | None, *, prompt: str | None,
-                 max_new_tokens: int | None, temperature: float | None, top_k: int | None,
-                 top_p: float | None, use_cache: bool) -> None:
-    """Stream one sample to stdout as it is generated, or write N samples to stdout or `out`."""
-    from genlab.checkpoint import atomic_write_text
-    from genlab.text.sampling import stream_text
-
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise UserError("this checkpoint holds no tokenizer, so its text cannot be decoded; "
-                        "retrain it with this genlab version")
-    try:
-        prompt_ids = tokenizer.encode(prompt).tolist() if prompt else None
-    except UserError as e:
-        raise UserError(f"--prompt: {e}") from None
-    ids = model.prompt_batch(n, prompt_ids)
-    kw = {"max_new_tokens": 500 if max_new_tokens is None else max_new_tokens,
-          "temperature": 1.0 if temperature is None else temperature, "top_k": top_k,
-          "top_p": top_p, "use_cache": use_cache, "generator": generator}
-    if n == 1 and out is None:
-        for piece in stream_text(tokenizer.decode, ids[0].tolist(), model.generate(ids, **kw)):
+        modality.samples_class.format_for(out)  # a wrong suffix is refused before any work
+    if out is None and modality.streams and (n or 1) == 1:
+        for piece in modality.stream(model, request):
             click.echo(piece, nl=False)  # click flushes, so text appears as it is made
         click.echo()
         return
-    rows = model.sample(n, prompt_ids=ids, **kw).cpu()
-    texts = [tokenizer.decode(row) for row in rows]
-    text = texts[0] if n == 1 else "\n".join(f"--- sample {i + 1} ---\n{t}\n"
-                                             for i, t in enumerate(texts))
+    samples = modality.generate(model, request)
     if out is None:
-        click.echo(text)
+        click.echo(samples.encode(modality.stdout_format).decode(), nl=False)
         return
-    atomic_write_text(Path(out), text if text.endswith("\n") else text + "\n")
-    click.echo(out)
+    click.echo(str(samples.save(out)))

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 
 from genlab.cli import cli
 from genlab.errors import UserError
-from genlab.models.base import Encoder
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 
 
 def _load_vae(run_dir: str, which: str, device: str) -> Any:
-    from genlab.runs import load_model
+    from genlab.models.base import Encoder
+    from genlab.rundir import load_model
 
     model = load_model(run_dir, which=which, device=device)
     if not isinstance(model, Encoder):
@@ -28,7 +30,7 @@ def _images(model: Any, run_dir: str, data: str | None, data_dir: str | None,
             split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The split's uint8 images at the model's size, and labels when the model is conditional."""
     from genlab.data import load_images, resize_images
-    from genlab.runs import read_run
+    from genlab.rundir import read_run
 
     if data is None:
         record = read_run(run_dir)
@@ -48,6 +50,8 @@ def _images(model: Any, run_dir: str, data: str | None, data_dir: str | None,
 
 
 def _pick(n: int, available: int, seed: int) -> torch.Tensor:
+    import torch
+
     if n > available:
         raise UserError(f"asked for {n} images but the split has {available}; lower --n/--pairs")
     return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
@@ -87,6 +91,8 @@ def reconstruct(run_dir: str, n: int, out: str, data: str | None, data_dir: str 
                 split: str, seed: int, which: str, device: str) -> None:
     """Encode N images and decode them at the posterior mean: originals above, reconstructions
     below (in blocks of up to 8 columns)."""
+    import torch
+
     from genlab.images import save_grid
 
     _check_png(out)
@@ -121,6 +127,8 @@ def interpolate(run_dir: str, steps: int, pairs: int, mode: str, out: str, data:
                 data_dir: str | None, split: str, seed: int, which: str, device: str) -> None:
     """Walk the latent space between pairs of images: each row is image A, the decoded path from
     A's posterior mean to B's, then image B. A conditional model pairs images of one class."""
+    import torch
+
     from genlab.images import save_grid
     from genlab.models.vae import interpolate_latents
 
@@ -145,6 +153,8 @@ def interpolate(run_dir: str, steps: int, pairs: int, mode: str, out: str, data:
 def _pairs(pairs: int, available: int, labels: torch.Tensor | None,
            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the first and second image of each pair; with labels, both of one class."""
+    import torch
+
     if labels is None:
         chosen = _pick(2 * pairs, available, seed)
         return chosen[0::2], chosen[1::2]
@@ -164,6 +174,8 @@ def _pairs(pairs: int, available: int, labels: torch.Tensor | None,
 
 def _pad(images: torch.Tensor, cols: int) -> torch.Tensor:
     """Fill a short last row with white, so originals and reconstructions stay aligned."""
+    import torch
+
     missing = cols - images.shape[0]
     return torch.cat([images, images.new_ones(missing, *images.shape[1:])]) if missing else images
 

@@ -6,7 +6,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -15,6 +14,9 @@ from pathlib import Path
 from genlab.checkpoint import default_mode
 from genlab.data.idx import read_bytes
 from genlab.errors import UserError
+from genlab.log import get_logger
+
+log = get_logger(__name__)
 
 # Base URLs tried in order; a module-level dict so tests (and users behind a proxy cache) can
 # point it elsewhere, including at file:// directories.
@@ -93,7 +95,7 @@ def fetch(name: str, filename: str, dest_dir: Path, checksum: Checksum) -> Path:
             ) from None
         tmp = Path(tmp_name)
         try:
-            print(f"genlab: downloading {url}", file=sys.stderr)
+            log.info(f"downloading {url}")
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:
                 shutil.copyfileobj(r, out)
                 out.flush()

@@ -38,6 +38,8 @@ class GenerativeModel(nn.Module):
     # keyword options of `sample` beyond n / generator / labels / the text options, with their
     # defaults (a diffusion model's sampler and step count); the generation API passes them on
     sample_options: ClassVar[dict[str, Any]] = {}
+    # logged values shown on the progress line (all of them go to metrics.jsonl)
+    progress_keys: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -57,8 +59,10 @@ class GenerativeModel(nn.Module):
         """Fill the config fields that come from the data (shape, classes). Called before building."""
         return config
 
-    def validate_train_config(self, train: TrainConfig) -> None:
-        """Cross-checks between this model and the training config; raise `UserError`."""
+    @classmethod
+    def validate_train_config(cls, config: Any, train: TrainConfig) -> None:
+        """Cross-checks between a config of this model and the training config, before any data
+        is read; raise `UserError`."""
 
     # --- precision -----------------------------------------------------------------------------
 

@@ -47,9 +47,13 @@ class GANConfig:
 
     widths = ("nz",)  # layer sizes that must be >= 1; subclasses add theirs
 
-    def validate(self) -> None:
-        if self.channels <= 0 or self.image_size <= 0:
+    def validate(self, *, partial: bool = False) -> None:
+        """Every rule; `partial`: only those that do not need the data (checked before any data
+        is read; the data-derived fields are still 0 then)."""
+        if not partial and (self.channels <= 0 or self.image_size <= 0):
             raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
+        if self.channels < 0 or self.image_size < 0:
+            raise UserError("model.channels and model.image_size must be >= 0 (0 = from the data)")
         if self.loss == "wgan-gp" and self.d_norm == "batch":
             raise UserError("model.d_norm=batch cannot be used with model.loss=wgan-gp: the gradient "
                             "penalty is per example; use d_norm=layer or none")
@@ -83,6 +87,7 @@ class GAN(GenerativeModel, Discriminator):
 
     config_class = GANConfig
     supports_conditional = True
+    progress_keys = ("loss", "d_loss", "g_loss")
 
     def __init__(self, config: GANConfig) -> None:
         super().__init__(config)
@@ -100,7 +105,8 @@ class GAN(GenerativeModel, Discriminator):
     def config_for_data(cls, config: Any, data: Any, *, conditional: bool) -> Any:
         return image_config_for_data(cls.name, config, data, conditional=conditional)
 
-    def validate_train_config(self, train: TrainConfig) -> None:
+    @classmethod
+    def validate_train_config(cls, config: Any, train: TrainConfig) -> None:
         if train.grad_accum != 1:
             raise UserError("GANs update two networks in turn; train.grad_accum must be 1")
         if train.batch_size < 2:

@@ -19,7 +19,6 @@ always sees the last `block_size` tokens, so the two paths agree up to `block_si
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,9 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import UserError
+from genlab.log import get_logger
 from genlab.models.base import GenerativeModel
 from genlab.text.sampling import check_sampling_args, next_token
 from genlab.text.tokenizer import DEFAULT_BPE_VOCAB, Tokenizer, tokenizer_from_dict
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -47,8 +49,11 @@ class GPTConfig:
     tokenizer: Literal["char", "bpe"] = "char"  # built from the training split
     vocab_size: int = 0  # char: 0 = the training text's characters; bpe: tokens to learn (0 = 1024)
 
-    def validate(self) -> None:
+    def validate(self, *, partial: bool = False) -> None:
+        """Every rule; `partial`: only those that do not need the data (the vocabulary size)."""
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            if partial and name == "vocab_size" and self.vocab_size == 0:
+                continue
             if getattr(self, name) <= 0:
                 hint = " (set from the data)" if name == "vocab_size" else ""
                 raise UserError(f"model.{name} must be > 0{hint}, got {getattr(self, name)}")
@@ -308,8 +313,8 @@ class GPT(GenerativeModel):
         check_sampling_args(temperature, top_k, top_p, max_new_tokens)
         block = self.config.block_size
         if ids.shape[1] > block:
-            print(f"warning: the prompt has {ids.shape[1]} tokens, more than the context of "
-                  f"{block}; the model sees the last {block}", file=sys.stderr)
+            log.warning(f"the prompt has {ids.shape[1]} tokens, more than the context of "
+                        f"{block}; the model sees the last {block}")
         cache = None
         for _ in range(max_new_tokens):
             with self.autocast():

@@ -55,9 +55,13 @@ class VAEConfig:
     label_dim: int = 16  # width of the label embedding fed to encoder and decoder (conditional)
     pixel_features: int = 8  # decoder features per pixel, mapped to the likelihood's parameters
 
-    def validate(self) -> None:
-        if self.channels <= 0 or self.image_size <= 0:
+    def validate(self, *, partial: bool = False) -> None:
+        """Every rule; `partial`: only those that do not need the data (checked before any data
+        is read; the data-derived fields are still 0 then)."""
+        if not partial and (self.channels <= 0 or self.image_size <= 0):
             raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
+        if self.channels < 0 or self.image_size < 0:
+            raise UserError("model.channels and model.image_size must be >= 0 (0 = from the data)")
         for name in ("nz", "label_dim", "pixel_features"):
             if getattr(self, name) <= 0:
                 raise UserError(f"model.{name} must be > 0, got {getattr(self, name)}")
@@ -73,6 +77,7 @@ class VAE(GenerativeModel, Likelihood, Encoder):
 
     config_class = VAEConfig
     supports_conditional = True
+    progress_keys = ("loss", "nll", "kl")
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
@@ -350,12 +355,12 @@ class ConvVAEConfig(VAEConfig):
     hidden: int = 256  # width of the dense layer between the feature maps and the latent
     pixel_features: int = 32
 
-    def validate(self) -> None:
-        super().validate()
-        if self.image_size not in CONV_SIZES:
+    def validate(self, *, partial: bool = False) -> None:
+        super().validate(partial=partial)
+        if not (partial and not self.image_size) and self.image_size not in CONV_SIZES:
             raise UserError(f"convvae needs 28x28 or 32x32 images, got {self.image_size}x"
                             f"{self.image_size}; add --set model.image_size=32 to resize at load")
-        if self.channels not in (1, 3):
+        if not (partial and not self.channels) and self.channels not in (1, 3):
             raise UserError(f"convvae needs grayscale or RGB images, got {self.channels} channels")
 
 

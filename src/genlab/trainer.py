@@ -24,7 +24,10 @@ import torch
 from genlab.config import TrainConfig
 from genlab.distributed import DistContext
 from genlab.errors import NonFiniteLossError
+from genlab.log import get_logger
 from genlab.models.base import GenerativeModel
+
+log = get_logger(__name__)
 
 
 class Batcher(Protocol):
@@ -33,51 +36,6 @@ class Batcher(Protocol):
     steps_per_epoch: int
 
     def batch(self, step: int) -> dict[str, torch.Tensor]: ...
-
-
-class ImageBatcher:
-    """Batches from a uint8 image tensor kept whole on the training device.
-
-    Each epoch is a permutation seeded by (seed, epoch); step s takes slice s % steps_per_epoch of it
-    (the last partial batch is dropped). No per-sample Python work, no worker processes. With several
-    ranks, each takes its contiguous share of the global batch.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 seed: int, device: torch.device | str, rank: int = 0, world_size: int = 1) -> None:
-        n = images.shape[0]
-        if n < batch_size:
-            raise_small(n, batch_size)
-        self.images = images.to(device)
-        self.labels = labels.to(device) if labels is not None else None
-        self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
-        self.steps_per_epoch = n // batch_size
-        self.local = batch_size // world_size
-        self.offset = rank * self.local
-        self._epoch, self._perm = -1, torch.empty(0)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.images.shape[0], generator=g).to(self.device)
-            self._epoch = epoch
-        return self._perm
-
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        start = pos * self.batch_size + self.offset
-        idx = self._permutation(epoch)[start:start + self.local]
-        out = {"images": self.images[idx]}
-        if self.labels is not None:
-            out["labels"] = self.labels[idx]
-        return out
-
-
-def raise_small(n: int, batch_size: int) -> None:
-    from genlab.errors import UserError
-
-    raise UserError(f"the training set has {n} examples, fewer than one batch of {batch_size}; "
-                    "lower --batch-size")
 
 
 def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -107,7 +65,7 @@ class Trainer:
                  batcher: Batcher, cfg: TrainConfig, run_dir: Path, *, total_steps: int,
                  start_step: int = 0, hooks: Hooks | None = None, is_main: bool = True,
                  best_value: float | None = None, step_fn: Callable | None = None,
-                 dist: DistContext | None = None) -> None:
+                 dist: DistContext | None = None, unit: tuple[str, int] = ("img", 1)) -> None:
         self.model, self.optimizers, self.batcher, self.cfg = model, optimizers, batcher, cfg
         self.run_dir, self.total_steps, self.step = Path(run_dir), total_steps, start_step
         self.hooks = hooks or Hooks()
@@ -118,10 +76,9 @@ class Trainer:
         # several processes: stop at the same step on every rank, log means over all of them
         self.dist = dist or DistContext()
         self.images_per_step = cfg.batch_size
-        # the progress line counts images, or tokens for text (a sequence is block_size tokens);
-        # metrics.jsonl keeps examples per second as `items_per_s`
-        block = getattr(model.config, "block_size", 0) if model.modality == "text" else 0
-        self.unit = ("tok", block) if block else ("img", 1)
+        # the progress line counts the modality's unit (images, tokens: a sequence is block_size
+        # tokens); metrics.jsonl keeps examples per second as `items_per_s`
+        self.unit = unit
         self._tensorboard: Any = None  # None: not tried yet; False: TensorBoard not installed
 
     def _set_lr(self, step: int) -> float:
@@ -138,7 +95,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count, last = 0, {}
         t_log = time.perf_counter()
-        progress = _Progress(self.total_steps, self.step, enabled=self.is_main, unit=self.unit)
+        progress = _Progress(self.total_steps, self.step, enabled=self.is_main, unit=self.unit,
+                             keys=self.model.progress_keys)
         stop, stopping = _StopFlag(), False
         try:
             while self.step < self.total_steps and not (
@@ -200,7 +158,7 @@ class Trainer:
         self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()},
                    "time": time.time()})
         if self.is_main:
-            print(f"eval step {self.step}: {_fmt(metrics)}", file=sys.stderr)
+            log.info(f"eval step {self.step}: {_fmt(metrics)}")
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.is_main:
@@ -213,21 +171,6 @@ class Trainer:
             for key, value in row.items():
                 if key not in ("step", "time"):
                     self._tensorboard.add_scalar(key, value, row["step"])
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl. A line that does not parse (the half-written last line of a
-    killed run) is skipped, so `genlab runs` and loss.png still work."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            row = json.loads(line)
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def _tensorboard_writer(log_dir: Path) -> Any:
@@ -271,8 +214,7 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr)
+        log.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
@@ -283,8 +225,8 @@ class _Progress:
     """A tqdm bar on a terminal; plain log lines otherwise, so CI logs stay readable."""
 
     def __init__(self, total: int, start: int, enabled: bool,
-                 unit: tuple[str, int] = ("img", 1)) -> None:
-        self.enabled = enabled
+                 unit: tuple[str, int] = ("img", 1), keys: tuple[str, ...] = ("loss",)) -> None:
+        self.enabled, self.keys = enabled, keys
         self.unit, self.scale = unit  # the rate is in examples/s; shown per image or per token
         self.bar = None
         if enabled and sys.stderr.isatty():
@@ -298,7 +240,7 @@ class _Progress:
     def update(self, step: int, means: dict[str, float], rate: float) -> None:
         if not self.enabled:
             return
-        shown = {k: v for k, v in means.items() if k in ("loss", "d_loss", "g_loss", "kl", "nll")}
+        shown = {k: v for k, v in means.items() if k in self.keys}
         if self.bar is not None:
             self.bar.update(step - self.last)
             self.bar.set_postfix_str(f"{_fmt(shown)} {rate * self.scale:,.0f} {self.unit}/s",
@@ -306,8 +248,8 @@ class _Progress:
         else:
             spent = time.perf_counter() - self.t0
             eta = spent / max(1, step - self.start) * (self.total - step)
-            print(f"step {step}/{self.total} {_fmt(shown)} {rate * self.scale:,.0f} {self.unit}/s "
-                  f"eta {eta:.0f}s", file=sys.stderr, flush=True)
+            log.info(f"step {step}/{self.total} {_fmt(shown)} {rate * self.scale:,.0f} "
+                     f"{self.unit}/s eta {eta:.0f}s")
         self.last = step
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
-"""Evaluation: generated images against held-out real images, in a feature net's space.
+"""Evaluation of images: generated images against held-out real images, in a feature net's space.
 
-- `evaluate_run`: `genlab eval RUN_DIR`, samples from a trained run (EMA weights).
+- `evaluate_images`: `genlab eval RUN_DIR` of an image run, samples from its model (EMA weights).
 - `evaluate_fake`: `genlab eval --fake FILE --real DATASET[:split]`, any tool's images.
-- `training_evaluator`: `--eval-every`, registered as `runs.EVALUATORS["image"]`.
+- `training_evaluator`: `--eval-every` of an image run.
 
 Every report holds the real-vs-real floor (as many real training images as fakes, scored against
 the same reference): a model is judged by its distance to the floor, not to zero. The keys are
@@ -12,9 +12,7 @@ documented in docs/evaluation.md and stay stable; a metric that cannot be comput
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from genlab import __version__
-from genlab.checkpoint import atomic_write_bytes, atomic_write_text
+from genlab.checkpoint import atomic_write_bytes
 from genlab.errors import UserError
 from genlab.featurenet import (
     FeatureNet,
@@ -40,6 +37,7 @@ from genlab.featurenet import (
     subset,
 )
 from genlab.images import to_uint8
+from genlab.log import get_logger
 from genlab.metrics import (
     class_accuracy,
     compute_all,
@@ -48,7 +46,8 @@ from genlab.metrics import (
     kid,
     mode_entropy,
 )
-from genlab.models.base import Likelihood
+from genlab.models.base import GenerativeModel, Likelihood
+from genlab.version import __version__
 
 IMAGE_KEYS = ("fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
               "class_accuracy", "mode_entropy")
@@ -57,10 +56,7 @@ SAMPLE_BATCH = 1000
 TRAIN_IWAE_K = 5  # in-training likelihood: the ELBO needs no K, so keep the IWAE part cheap
 
 Log = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+_log = get_logger(__name__).info
 
 
 # --- real images and their features ---------------------------------------------------------------
@@ -88,7 +84,7 @@ def cache_path(net: FeatureNet, data: Subset) -> Path:
     return data_root() / "features" / f"{safe}-{data.split}-{data.start}-{data.stop}-{key}.safetensors"
 
 
-def subset_features(net: FeatureNet, data: Subset, index: np.ndarray, log: Log = _stderr
+def subset_features(net: FeatureNet, data: Subset, index: np.ndarray, log: Log = _log
                     ) -> Features:
     """Features of images `index` of a real subset. The cache holds a row per image of the
     subset and a `done` mask: only rows never used before are computed (a 10k floor drawn
@@ -258,7 +254,7 @@ def native_size(net: FeatureNet, images: torch.Tensor, notes: list[str], log: Lo
 def sample_images(model: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`n` samples as uint8 CPU images; a conditional model gets balanced labels 0..K-1."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    k = getattr(model.config, "num_classes", 0)
+    k = model.num_classes
     labels = torch.arange(n, device=model.device) % k if k else None
     chunks = []
     for start in range(0, n, SAMPLE_BATCH):
@@ -268,25 +264,15 @@ def sample_images(model: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return torch.cat(chunks), labels.cpu() if labels is not None else None
 
 
-def evaluate_run(run_dir: str | os.PathLike, *, n: int = 10000, seed: int = 0,
-                 data_dir: str | os.PathLike | None = None, iwae_k: int = 100,
-                 which: str = "checkpoint", device: str = "cpu", feature_net: str | None = None,
-                 command: str | None = None, log: Log = _stderr) -> dict[str, Any]:
-    """Sample `n` images from a run and compare them with its dataset's held-out images; write
-    `eval.json` (`eval_best.json` for which="best") into the run folder and return the report."""
-    from genlab.runs import load_model, read_run
-
-    run_dir = Path(run_dir)
-    record = read_run(run_dir)
-    model = load_model(run_dir, which=which, device=device)
-    if model.modality != "image":
-        raise UserError(f"genlab eval scores image models; {run_dir} holds a {model.modality} "
-                        "model")
-    dataset = record.get("data_info", {}).get("name") or record["data"]
-    data_dir = data_dir if data_dir is not None else record.get("data_dir")
+def evaluate_images(model: GenerativeModel, dataset: str, *, run_dir: str | os.PathLike,
+                    n: int = 10000, seed: int = 0, data_dir: str | os.PathLike | None = None,
+                    iwae_k: int = 100, which: str = "checkpoint", feature_net: str | None = None,
+                    command: str | None = None, log: Log = _log) -> dict[str, Any]:
+    """Sample `n` images from a run's model and compare them with its dataset's held-out images
+    (and the likelihood of test images, for a model that declares one)."""
     report = empty_report(n, seed, command)
-    report["provenance"].update({"step": getattr(model, "checkpoint_step", None),
-                                 "run": str(run_dir), "which": which, "model": record["model"],
+    report["provenance"].update({"step": model.checkpoint_step, "run": str(run_dir),
+                                 "which": which, "model": model.name,
                                  "device": str(model.device)})
     net = load_feature_net(feature_net) if feature_net else feature_net_for(dataset)
     if net is None:
@@ -306,8 +292,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, n: int = 10000, seed: int = 0,
         test = likelihood_images(model, dataset, data_dir, n, seed)
         log(f"likelihood on {test[0].shape[0]} {dataset} test images (IWAE K={iwae_k})")
         report.update(_likelihood(model, test, seed, iwae_k))
-    name = "eval.json" if which == "checkpoint" else f"eval_{which}.json"
-    atomic_write_text(run_dir / name, json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -323,7 +307,7 @@ def likelihood_images(model: Any, dataset: str, data_dir: str | os.PathLike | No
     size = getattr(model.config, "image_size", 0)
     if size and size != images.shape[-1]:
         images = resize_images(images, size)  # as the training images were
-    conditional = getattr(model.config, "num_classes", 0) and test.labels is not None
+    conditional = model.num_classes and test.labels is not None
     return images, test.labels[index] if conditional else None
 
 
@@ -369,7 +353,7 @@ def load_fake(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | Non
 
 def evaluate_fake(fake: str | os.PathLike, real: str, *, n: int = 10000, seed: int = 0,
                   data_dir: str | os.PathLike | None = None, feature_net: str | None = None,
-                  command: str | None = None, log: Log = _stderr) -> dict[str, Any]:
+                  command: str | None = None, log: Log = _log) -> dict[str, Any]:
     """Compare any generated images with a dataset split (default: the net's held-out images)."""
     dataset, split = parse_real(real)
     dataset = dataset.lower().replace("_", "-")
@@ -392,13 +376,12 @@ def evaluate_fake(fake: str | os.PathLike, real: str, *, n: int = 10000, seed: i
 
 # --- during training ------------------------------------------------------------------------------
 
-def training_evaluator(model: Any, prepared: Any, record: dict[str, Any],
+def training_evaluator(model: Any, dataset: str, record: dict[str, Any],
                        data_dir: str | os.PathLike | None, device: torch.device
                        ) -> tuple[Callable[[int], dict[str, float]], str] | None:
     """FD and KID of `train.eval_n` samples (same latent points each time) against as many
     held-out images, whose features and statistics are computed once; for models with a
     likelihood, also the validation negative ELBO. None when there is nothing to measure."""
-    dataset = prepared.data_info["name"]
     n, seed = record["train_config"]["eval_n"], record["train_config"]["seed"]
     net = feature_net_for(dataset)
     has_likelihood = isinstance(model, Likelihood)
@@ -410,7 +393,7 @@ def training_evaluator(model: Any, prepared: Any, record: dict[str, Any],
         held_out = likelihood_images(model, dataset, data_dir, min(n, 1000), seed)
     if net is not None:
         net = net.to(device)
-        reference = reference_subset(net, dataset, None, data_dir, notes, _stderr)
+        reference = reference_subset(net, dataset, None, data_dir, notes, _log)
         real = subset_features(net, reference, choose(len(reference.images), n, seed))
         stats = gaussian_stats(real.features)
 
@@ -488,4 +471,4 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["evaluate_fake", "evaluate_run", "format_report", "load_fake", "training_evaluator"]
+__all__ = ["evaluate_fake", "evaluate_images", "format_report", "load_fake", "training_evaluator"]
