@@ -54,9 +54,9 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
     where = "CPU" if device.type == "cpu" else device.type.upper()
     if precision == "auto":
         chosen = "bf16" if native else "fp32"
-        why = ("it has native bf16" if native else
-               "it has no native bf16 (AVX-512 BF16 or AMX)" if device.type == "cpu" else
-               "it has no fast bf16")
+        why = ("has native bf16" if native else
+               "has no native bf16 (AVX-512 BF16 or AMX)" if device.type == "cpu" else
+               "has no fast bf16")
         return chosen, f"precision auto: {chosen}, because this {where} {why}"
     if precision == "bf16" and not native and device.type != "mps":
         return precision, (f"warning: --precision bf16 on a {where} without native bf16 is "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from genlab.cli import cli, command_line
+from genlab.cli.app import cli, command_line
 from genlab.errors import UserError
 
 EVAL_EXAMPLES = """\b

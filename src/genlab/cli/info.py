@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from genlab.cli import cli
+from genlab.cli.app import cli
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

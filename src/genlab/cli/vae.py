@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from genlab.cli import cli
+from genlab.cli.app import cli
 from genlab.errors import UserError
 
 if TYPE_CHECKING:
