@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -212,3 +215,87 @@ def test_console_script(tmp_path: Path) -> None:
     assert bad.returncode == 2, bad.stderr
     assert bad.stderr.strip().splitlines() == [
         "genlab: error: --data is required (see genlab datasets), e.g. --data digits"]
+
+
+# --- what a new user runs into (issue: the README's tour) -------------------------------------------
+
+def test_a_missing_run_folder_says_no_run_at(run_cli, tiny_run: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli("sample", tmp_path / "nope", "--out", tmp_path / "x.png")
+    assert code == 2 and f"no run at {tmp_path / 'nope'}" in err
+    close = tiny_run.parent / (tiny_run.name + "x")  # a typo of an existing run
+    code, _, err = run_cli("eval", close)
+    assert code == 2 and "did you mean" in err and str(tiny_run) in err
+
+
+def test_debug_works_after_the_command(tmp_path: Path) -> None:
+    from genlab.cli import main
+
+    with pytest.raises(UserError, match="no run at"):  # --debug re-raises instead of one line
+        main(["sample", str(tmp_path / "nope"), "--debug"])
+
+
+def test_bf16_without_native_support_is_warned_about(train_tiny, tmp_path: Path, monkeypatch,
+                                                     caplog) -> None:
+    import logging
+
+    import genlab.devices
+
+    monkeypatch.setattr(genlab.devices, "bf16_supported", lambda device: False)
+    caplog.set_level(logging.INFO, logger="genlab")
+    train_tiny(tmp_path / "bf16", steps=1, precision="bf16")
+    assert "emulated" in caplog.text and "--precision auto" in caplog.text
+    caplog.clear()
+    train_tiny(tmp_path / "auto", steps=1, precision="auto")
+    assert "precision auto: fp32, because this CPU has no native bf16" in caplog.text
+
+
+def test_a_gpu_preset_on_a_cpu_is_warned_about_and_the_first_steps_give_an_estimate(
+        tmp_path: Path, text_file: Path, caplog) -> None:
+    import logging
+
+    from genlab.runs import TrainRequest, train
+
+    caplog.set_level(logging.INFO, logger="genlab")
+    train(TrainRequest(model="gpt", data=f"text:{text_file}", preset="shakespeare-char",
+                       steps=7, batch_size=2, out=str(tmp_path / "gpt"), device="cpu",
+                       overrides=("model.n_layer=1", "model.n_embd=12", "model.n_head=2",
+                                  "model.block_size=8", "train.eval_every=0",
+                                  "train.sample_every=0", "train.log_every=50")))
+    assert "preset shakespeare-char is sized for a GPU" in caplog.text
+    assert "--preset shakespeare-char-cpu" in caplog.text
+    assert re.search(r"5 steps in [\d.]+ s .*: about \d+ s for the remaining 2 at this pace",
+                     caplog.text)
+
+
+def test_eval_of_a_run_on_data_without_a_feature_net(run_cli, tiny_run: Path,
+                                                     tmp_path: Path) -> None:
+    code, _, err = run_cli("eval", tiny_run, "--n", "16")
+    assert code == 2 and "no feature net for idx:" in err
+    assert f"genlab eval {tiny_run} --real fashion-mnist" in err
+    assert "genlab featurenet train idx:DIR" in err
+    # against a named dataset that has a net: the 28x28 samples go to the digits' 32x32
+    code, out, err = run_cli("eval", tiny_run, "--n", "16", "--real", "digits", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["real"]["dataset"] == "digits" and report["fd"] is not None
+    assert any("scored against digits" in note for note in report["notes"])
+
+
+def test_eval_of_a_text_run_and_runs_shows_its_validation_loss(tmp_path: Path, text_file: Path,
+                                                              run_cli) -> None:
+    out = tmp_path / "runs" / "gpt"
+    code, _, err = run_cli("train", "gpt", "--data", f"text:{text_file}", "--steps", "3",
+                           "--batch-size", "2", "--out", out, "--device", "cpu",
+                           "--set", "model.n_layer=1", "--set", "model.n_embd=12",
+                           "--set", "model.n_head=2", "--set", "model.block_size=8",
+                           "--set", "train.eval_every=0", "--set", "train.sample_every=0")
+    assert code == 0, err
+    code, stdout, err = run_cli("eval", out, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["perplexity"] == pytest.approx(math.exp(report["val_loss"]))
+    assert report["val_tokens"] > 0 and report["provenance"]["step"] == 3
+    code, stdout, _ = run_cli("eval", out)
+    assert "perplexity" in stdout
+    code, stdout, _ = run_cli("runs", tmp_path / "runs")
+    assert code == 0 and f"val_loss={report['val_loss']:.3f}" in stdout

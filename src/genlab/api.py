@@ -114,16 +114,19 @@ def generate(source: str | os.PathLike | Run | GenerativeModel, request: Generat
 def evaluate(run_dir: str | os.PathLike | Run, *, n: int = 10000, seed: int = 0,
              data_dir: str | os.PathLike | None = None, which: str = "checkpoint",
              device: str | torch.device = "auto", feature_net: str | None = None,
-             iwae_k: int = 100, command: str | None = None) -> dict[str, Any]:
+             iwae_k: int = 100, real: str | None = None,
+             command: str | None = None) -> dict[str, Any]:
     """Score a run (`genlab eval RUN --json`): the report its modality computes, also written to
-    `eval.json` (`eval_best.json` for which="best") in the run folder."""
+    `eval.json` (`eval_best.json` for which="best") in the run folder. `real`: compare with this
+    DATASET[:split] instead of the run's own data (for runs on idx: or folder: data)."""
     run_dir = run_dir.dir if isinstance(run_dir, Run) else Path(run_dir)
     record = read_run(run_dir)
     model = load_model(run_dir, which=which, device=device)
     data_dir = data_dir if data_dir is not None else record.get("data_dir")
     report = get_modality(model.modality).evaluate_run(
         run_dir, model, record, n=n, seed=seed, data_dir=None if data_dir is None else
-        str(data_dir), which=which, feature_net=feature_net, iwae_k=iwae_k, command=command)
+        str(data_dir), which=which, feature_net=feature_net, iwae_k=iwae_k, real=real,
+        command=command)
     report["provenance"]["modality"] = model.modality
     name = "eval.json" if which == "checkpoint" else f"eval_{which}.json"
     atomic_write_text(run_dir / name, json.dumps(report, indent=1) + "\n")

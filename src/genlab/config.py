@@ -181,7 +181,8 @@ def load_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
     data = tomllib.loads(path.read_text())
-    unknown = set(data) - {"model", "train", "model_name", "data", "description"}
+    # `device = "cuda"` marks a preset sized for a GPU (genlab train warns when it runs elsewhere)
+    unknown = set(data) - {"model", "train", "model_name", "data", "description", "device"}
     if unknown:
         raise UserError(f"preset {name}: unknown sections {sorted(unknown)}")
     return data

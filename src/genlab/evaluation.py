@@ -214,6 +214,8 @@ def compare(net: FeatureNet, fake_images: torch.Tensor, fake_labels: torch.Tenso
                           f"has {k} classes; class_accuracy skipped")
         fake_labels = None
     t0 = time.perf_counter()
+    log(f"features of {n} real ({reference.label()}) and {len(fake_images)} generated images "
+        f"({net.name} net), then FD, KID, precision/recall, density/coverage")
     real = subset_features(net, reference, choose(len(reference.images), n, seed), log)
     feats, logits = net.embed(fake_images)
     real_cache: dict = {}  # the floor compares with the same real features
@@ -223,6 +225,8 @@ def compare(net: FeatureNet, fake_images: torch.Tensor, fake_labels: torch.Tenso
     if floor_data is None:
         _note(notes, log, f"note: no real images apart from {reference.label()}; no floor")
     else:
+        log(f"the real-vs-real floor: {n} images of {floor_data.label()} against the same "
+            "reference")
         floor = subset_features(net, floor_data, choose(len(floor_data.images), n, seed + 1),
                                 log)
         report["floor"] = {**image_metrics(real, floor, k, seed, real_cache), "n": len(floor),
@@ -267,19 +271,34 @@ def sample_images(model: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Te
 def evaluate_images(model: GenerativeModel, dataset: str, *, run_dir: str | os.PathLike,
                     n: int = 10000, seed: int = 0, data_dir: str | os.PathLike | None = None,
                     iwae_k: int = 100, which: str = "checkpoint", feature_net: str | None = None,
-                    command: str | None = None, log: Log = _log) -> dict[str, Any]:
-    """Sample `n` images from a run's model and compare them with its dataset's held-out images
-    (and the likelihood of test images, for a model that declares one)."""
+                    real: str | None = None, command: str | None = None,
+                    log: Log = _log) -> dict[str, Any]:
+    """Sample `n` images from a run's model and compare them with its dataset's held-out images,
+    or with `real` (DATASET[:split]) for a run whose own data has no feature net (idx:, folder:);
+    and the likelihood of test images, for a model that declares one."""
     report = empty_report(n, seed, command)
     report["provenance"].update({"step": model.checkpoint_step, "run": str(run_dir),
                                  "which": which, "model": model.name,
                                  "device": str(model.device)})
-    net = load_feature_net(feature_net) if feature_net else feature_net_for(dataset)
+    split = None
+    if real is not None:
+        reference_name, split = parse_real(real)
+        report["notes"].append(f"note: scored against {real}, not the run's own data {dataset}")
+    else:
+        reference_name = dataset
+    net = load_feature_net(feature_net) if feature_net else feature_net_for(reference_name)
+    if net is None and not isinstance(model, Likelihood):
+        raise UserError(
+            f"no feature net for {dataset} (genlab ships nets for {', '.join(shipped_names())}); "
+            f"score the samples against one of those datasets if they are alike (genlab eval "
+            f"{run_dir} --real fashion-mnist), or train a net on your labelled data (genlab "
+            "featurenet train idx:DIR --out net.safetensors) and pass --feature-net "
+            "net.safetensors")
     if net is None:
         _note(report["notes"], log, f"note: no feature net for {dataset} (there are nets for "
                                     f"{', '.join(shipped_names())}); image metrics skipped")
     else:
-        reference = reference_subset(net, dataset, None, data_dir, report["notes"], log)
+        reference = reference_subset(net, reference_name, split, data_dir, report["notes"], log)
         report["n"] = n = _cap(n, len(reference.images), reference.label(), report, log)
         t0 = time.perf_counter()
         log(f"sampling {n} images from {run_dir} (seed {seed})")

@@ -33,6 +33,7 @@ from genlab.config import (
     config_to_dict,
     load_preset,
     parse_overrides,
+    preset_names,
 )
 from genlab.devices import resolve_device, resolve_precision
 from genlab.distributed import DistContext
@@ -141,6 +142,8 @@ def train(req: TrainRequest) -> Path:
     model_config = config_from_dict(model_cls.config_class, record["model_config"], "model")
     train_cfg = config_from_dict(TrainConfig, record["train_config"], "train")
     device = dist.device(resolve_device(req.device))
+    if dist.is_main:
+        _warn_gpu_preset(record, device)
     dist.validate(train_cfg)
     torch.manual_seed(train_cfg.seed + dist.rank)
     init_state = None
@@ -252,6 +255,19 @@ def train(req: TrainRequest) -> Path:
                         keys=model.progress_keys)
         dist.close(synchronize=finished)
     return run_dir
+
+
+def _warn_gpu_preset(record: dict[str, Any], device: torch.device) -> None:
+    """A preset sized for a GPU on a CPU trains for hours with no sign of life: say so first."""
+    name = record.get("preset")
+    if not name or load_preset(name).get("device") != "cuda" or device.type == "cuda":
+        return
+    others = [n for n in preset_names() if n != name
+              and load_preset(n).get("model_name") == record["model"]
+              and load_preset(n).get("device") != "cuda"]
+    hint = f"; for a CPU use --preset {others[0]}" if others else ""
+    log.warning(f"preset {name} is sized for a GPU and this run is on the {device.type}: each "
+                f"step will take a long time{hint}")
 
 
 def _run_modality(record: dict[str, Any], model_cls: type[GenerativeModel]) -> Modality:

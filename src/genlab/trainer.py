@@ -98,6 +98,7 @@ class Trainer:
         progress = _Progress(self.total_steps, self.step, enabled=self.is_main, unit=self.unit,
                              keys=self.model.progress_keys)
         stop, stopping = _StopFlag(), False
+        estimated = not self.is_main  # rank 0 says early how long the run will take
         try:
             while self.step < self.total_steps and not (
                     stopping := self.dist.any_rank(stop.requested)):
@@ -109,6 +110,8 @@ class Trainer:
                 count += 1
                 self.step += 1
                 at_end = self.step == self.total_steps
+                if not estimated and self.step % cfg.log_every and not at_end:
+                    estimated = progress.first_steps(self.step, out)
                 if self.step % cfg.log_every == 0 or at_end:
                     means = _finite_means(self.dist.mean_over_ranks(sums), count, self.step)
                     elapsed = time.perf_counter() - t_log
@@ -195,6 +198,14 @@ def _finite_means(sums: dict[str, torch.Tensor], count: int, step: int) -> dict[
     return means
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in values.items())
 
@@ -236,6 +247,20 @@ class _Progress:
         self.total, self.last = total, start
         self.t0 = time.perf_counter()
         self.start = start
+
+    def first_steps(self, step: int, out: dict[str, torch.Tensor]) -> bool:
+        """Before the first regular log line: once 5 steps are done, or sooner when a step is
+        slow (over 2 s), say how long the run will take at this pace. True once said."""
+        done = step - self.start
+        next(iter(out.values())).item()  # wait for the device, so the time is the work's
+        spent = time.perf_counter() - self.t0
+        if done < 5 and spent < 2.0:
+            return False
+        remaining = spent / done * (self.total - step)
+        log.info(f"{done} step{'s' * (done > 1)} in {spent:.1f} s (the first includes warm-up): "
+                 f"about {_duration(remaining)} for the remaining {self.total - step} at this "
+                 "pace")
+        return True
 
     def update(self, step: int, means: dict[str, float], rate: float) -> None:
         if not self.enabled:

@@ -16,6 +16,7 @@ Examples:
   genlab eval runs/dcgan-fashion --n 10000 --json > scores.json
   genlab eval --fake samples.npz --real fashion-mnist    # any tool's images (npz or PNG folder)
   genlab eval --fake pngs/ --real mnist:test --n 2000
+  genlab eval runs/mine --real fashion-mnist             # a run trained on idx: copies of it
 """
 
 
@@ -31,7 +32,8 @@ Examples:
               help="Folder holding the dataset's files.")
 @click.option("--fake", type=click.Path(exists=True),
               help="Generated images to score: an .npz (uint8 `images`) or a folder of PNGs.")
-@click.option("--real", help="With --fake: DATASET[:split]; default the net's held-out images.")
+@click.option("--real", help="DATASET[:split] to compare with: for --fake images, or for a run "
+              "trained on idx:/folder: data (default: the run's own dataset, held-out images).")
 @click.option("--iwae-k", default=100, show_default=True, type=click.IntRange(min=1),
               help="Importance samples per image for a VAE's IWAE likelihood.")
 @click.option("--which", default="checkpoint", show_default=True,
@@ -61,10 +63,8 @@ def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir
         report = evaluate_fake(fake, real, n=n, seed=seed, data_dir=data_dir,
                                feature_net=feature_net, command=command_line())
     else:
-        if real is not None:
-            raise UserError("--real goes with --fake; a run is compared with its own dataset")
         report = evaluate(run_dir, n=n, seed=seed, data_dir=data_dir, iwae_k=iwae_k,
-                          which=which, device=device, feature_net=feature_net,
+                          which=which, device=device, feature_net=feature_net, real=real,
                           command=command_line())
     if as_json:
         click.echo(json.dumps(report))

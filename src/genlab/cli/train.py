@@ -14,7 +14,7 @@ DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 TRAIN_EXAMPLE = """\b
 Examples:
   genlab train dcgan --data digits --steps 2000
-  genlab train dcgan --data fashion-mnist --preset dcgan64 --steps 5000 --precision bf16
+  genlab train dcgan --data fashion-mnist --preset dcgan64 --steps 5000 --precision auto
   genlab train gan --data mnist --conditional --set model.loss=hinge --set train.lr=1e-4
   genlab train --resume runs/dcgan-digits-20260101-120000 --steps 4000
   torchrun --nproc_per_node=8 -m genlab train dcgan --data fashion-mnist --steps 20000
@@ -27,7 +27,9 @@ Examples:
                              "text:PATH for gpt.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Folder holding the dataset's official files (gzipped or raw).")
-@click.option("--steps", type=click.IntRange(min=1), help="Total optimizer steps.")
+@click.option("--steps", type=click.IntRange(min=1), help="Total optimizer steps [default: the "
+              "preset's, e.g. 5000 for shakespeare-char; the gan, dcgan and vae presets set none, "
+              "so give --steps or --epochs].")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True),
               help="Train for this many passes over the data (instead of --steps).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
@@ -38,9 +40,12 @@ Examples:
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
               help="bf16 autocast (CUDA and CPU), fp32, or auto: bf16 where the hardware has it "
-                   "(AVX-512 BF16 or AMX on CPU, Ampere or later on CUDA), else fp32.")
+                   "(AVX-512 BF16 or AMX on CPU, Ampere or later on CUDA), else fp32. bf16 "
+                   "without hardware support is emulated and slow [default: the preset's, else "
+                   "fp32; the GPT presets and the demo use auto].")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the networks.")
-@click.option("--eval-every", type=click.IntRange(min=0), help="Evaluate every N steps.")
+@click.option("--eval-every", type=click.IntRange(min=0), help="Evaluate every N steps and keep "
+              "the best checkpoint in best/ [default: the preset's, else 0 = off].")
 @click.option("--preset", help="A preset of the model (see genlab models).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set model.loss=hinge --set train.lr=1e-4.")

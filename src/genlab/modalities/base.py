@@ -124,9 +124,10 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def evaluate_run(self, run_dir: Path, model: GenerativeModel, record: dict[str, Any], *,
                      n: int, seed: int, data_dir: str | None, which: str,
-                     feature_net: str | None, iwae_k: int, command: str | None
-                     ) -> dict[str, Any]:
-        """`genlab eval RUN`: the report (the keys of docs/evaluation.md for this modality)."""
+                     feature_net: str | None, iwae_k: int, real: str | None,
+                     command: str | None) -> dict[str, Any]:
+        """`genlab eval RUN`: the report (the keys of docs/evaluation.md for this modality);
+        `real` names other data to compare with (DATASET[:split]) where the modality has that."""
 
     @abc.abstractmethod
     def format_report(self, report: dict[str, Any]) -> str:
