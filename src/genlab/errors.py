@@ -15,4 +15,13 @@ class UserError(Exception):
 
 
 class NonFiniteLossError(UserError):
-    """Training produced NaN or inf; the last good checkpoint is kept."""
+    """Training produced NaN or inf; nothing non-finite was saved."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """Training stopped on a signal (Ctrl-C: SIGINT, a scheduler: SIGTERM); the exit status of
+    the command is 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

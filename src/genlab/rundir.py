@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,20 @@ from genlab.models import GenerativeModel, get_model_class
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = ("checkpoint", "best")
+
+# What genlab writes in a run folder, by name. `--overwrite` and `genlab demo` remove these and
+# nothing else: a user's notes or exported files beside them stay. A folder is only named here
+# with the patterns of the files genlab writes inside it; anything else in it is the user's.
+CHECKPOINT_FILES = ("model.safetensors", "optimizers.safetensors", "rng.safetensors",
+                    "state.json", "manifest.json")
+OUTPUT_FILES = (RUN_FILE, METRICS_FILE, "samples.png", "samples.txt", "samples.wav", "loss.png",
+                "eval.json", "eval_best.json", "audit.json", "audit_copies.png", "utility.json",
+                "utility.md", ".genlab.lock")
+OUTPUT_DIRS = {"samples": ("step_*",), "tensorboard": ("events.out.tfevents.*",),
+               **{name: CHECKPOINT_FILES for name in CHECKPOINTS}}
+# kept older checkpoints and the temporaries of interrupted writes
+OUTPUT_PATTERNS = ("checkpoint.prev-*", "best.prev-*", "checkpoint.corrupt-*", ".*.tmp-*",
+                   ".*.tmp", ".checkpoint.old", ".best.old")
 
 
 def missing_run(run_dir: str | os.PathLike, root: str | os.PathLike = "runs") -> UserError:
@@ -103,6 +118,61 @@ def load_model(run_dir: str | os.PathLike, *, which: str = "checkpoint",
     model.checkpoint_step = state["step"]
     model.modality = state.get("modality") or model_cls.modality
     return model.eval()
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _is_output(entry: Path) -> bool:
+    """Whether a top-level entry of a run folder is, by its name, something genlab writes."""
+    name = entry.name
+    if entry.is_symlink():
+        return False  # genlab never writes links; a link is the user's
+    if name in OUTPUT_FILES:
+        return entry.is_file()
+    return name in OUTPUT_DIRS or _matches(name, OUTPUT_PATTERNS)
+
+
+def foreign_entries(run_dir: str | os.PathLike) -> list[Path]:
+    """What in a folder genlab did not write: other top-level names, links, and files inside
+    genlab's folders that are not of genlab's patterns. Sorted."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    foreign = []
+    for entry in sorted(run_dir.iterdir()):
+        if not _is_output(entry):
+            foreign.append(entry)
+        elif entry.name in OUTPUT_DIRS and entry.is_dir():
+            foreign += [f for f in sorted(entry.iterdir())
+                        if f.is_symlink() or not f.is_file()
+                        or not _matches(f.name, OUTPUT_DIRS[entry.name])]
+    return foreign
+
+
+def remove_outputs(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what genlab wrote in `run_dir` (see `OUTPUT_FILES`), never following a link and
+    never touching anything else; a folder of genlab's is removed once empty. Returns what was
+    removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for entry in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if not _is_output(entry):
+            continue
+        if entry.is_dir():
+            patterns = OUTPUT_DIRS.get(entry.name, ("*",))  # kept checkpoints, temporaries
+            for f in sorted(entry.iterdir()):
+                if f.is_file() and not f.is_symlink() and _matches(f.name, patterns):
+                    f.unlink()
+                    removed.append(f)
+            with contextlib.suppress(OSError):  # not empty: it holds the user's files
+                entry.rmdir()
+                removed.append(entry)
+        else:
+            entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def list_runs(root: str | os.PathLike = "runs") -> list[dict[str, Any]]:

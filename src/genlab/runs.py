@@ -42,7 +42,14 @@ from genlab.images import plot_losses
 from genlab.log import get_logger
 from genlab.modalities import Modality, get_modality, modality_for_data
 from genlab.models import GenerativeModel, get_model_class
-from genlab.rundir import METRICS_FILE, RUN_FILE, read_metrics, read_run
+from genlab.rundir import (
+    METRICS_FILE,
+    RUN_FILE,
+    foreign_entries,
+    read_metrics,
+    read_run,
+    remove_outputs,
+)
 from genlab.trainer import Hooks, Trainer
 from genlab.version import __version__
 
@@ -127,6 +134,7 @@ class TrainRequest:
     conditional: bool = False
     resume: str | None = None
     init_from: str | None = None
+    overwrite: bool = False  # start again in a folder that holds a run (removes genlab's files)
     command: str | None = None
 
 
@@ -207,6 +215,10 @@ def train(req: TrainRequest) -> Path:
     record["environment"] = environment(device)
     run_dir = run_dir or Path(record["run_dir"])
     if dist.is_main:
+        if start is None and req.overwrite and (run_dir / RUN_FILE).is_file():
+            removed = remove_outputs(run_dir)
+            log.info(f"--overwrite: removed the {len(removed)} files and folders of the run "
+                     f"that was in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
         log.info(f"run folder: {run_dir}")
@@ -302,15 +314,44 @@ def _new_record(req: TrainRequest, is_main: bool) -> dict[str, Any]:
     if train_cfg.steps == 0 and train_cfg.epochs == 0:
         raise UserError("say how long to train: --steps N or --epochs E")
     run_dir = Path(req.out) if req.out else default_run_dir(req.model, req.data)
-    if is_main and (run_dir / RUN_FILE).exists():
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
-                        "choose another --out")
+    if is_main:
+        check_new_run_dir(run_dir, overwrite=req.overwrite)
     return {"model": req.model, "preset": preset, "data": req.data, "data_dir": req.data_dir,
             "modality": modality.name,
             "conditional": req.conditional, "model_config": config_to_dict(model_config),
             "train_config": config_to_dict(train_cfg), "command": req.command,
             "init_from": req.init_from, "run_dir": str(run_dir),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """A new run goes into a folder that does not exist or is empty. A folder holding a genlab
+    run is refused unless `overwrite` (then only genlab's files go, see `rundir.remove_outputs`,
+    when training starts); a folder of other files is refused unless `overwrite`, and even then
+    when one of them has a name genlab would write over."""
+    if "\0" in str(run_dir):
+        raise UserError("the run folder's path contains a NUL byte; choose another --out")
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise UserError(f"{run_dir} exists and is not a folder; choose another --out")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    others = foreign_entries(run_dir)
+    shown = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
+    if (run_dir / RUN_FILE).is_file():
+        if not overwrite:
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume "
+                            f"{run_dir}, choose another --out, or pass --overwrite to start it "
+                            "again (genlab then removes only the files it wrote"
+                            + (f"; your {shown} stay)" if others else ")"))
+        return
+    clash = [p.name for p in run_dir.iterdir() if p not in others]
+    if clash:
+        raise UserError(f"{run_dir} holds {', '.join(sorted(clash)[:3])}, which genlab did not "
+                        "write and a run would replace; move them or choose another --out")
+    if not overwrite:
+        raise UserError(f"{run_dir} is not empty (it holds {shown}) and is not a genlab run; "
+                        "choose another --out, or pass --overwrite to train there beside those "
+                        "files (genlab never removes them)")
 
 
 def _resume_record(req: TrainRequest) -> tuple[dict[str, Any], Path, dict[str, Any]]:

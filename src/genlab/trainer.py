@@ -23,7 +23,7 @@ import torch
 
 from genlab.config import TrainConfig
 from genlab.distributed import DistContext
-from genlab.errors import NonFiniteLossError
+from genlab.errors import NonFiniteLossError, StopRequested
 from genlab.log import get_logger
 from genlab.models.base import GenerativeModel
 
@@ -80,6 +80,9 @@ class Trainer:
         # tokens); metrics.jsonl keeps examples per second as `items_per_s`
         self.unit = unit
         self._tensorboard: Any = None  # None: not tried yet; False: TensorBoard not installed
+        # the step of the last checkpoint this process saved completely (None: none yet), so a
+        # caller says what is true after an interrupted save
+        self.saved_step: int | None = None
 
     def _set_lr(self, step: int) -> float:
         lr = get_lr(step, self.cfg, self.cfg.lr_decay_steps or self.total_steps)
@@ -141,7 +144,7 @@ class Trainer:
         if stopping:
             _finite_means(self.dist.mean_over_ranks(sums), count, self.step)
             self._save("checkpoint")  # at a step boundary, so a resume continues exactly
-            raise KeyboardInterrupt
+            raise StopRequested(stop.signum)
         return last
 
     def _due(self, every: int, at_end: bool) -> bool:
@@ -150,6 +153,8 @@ class Trainer:
     def _save(self, name: str) -> None:
         if self.hooks.save:
             self.hooks.save(name, self.step)
+            if name == "checkpoint":
+                self.saved_step = self.step
 
     def _evaluate(self) -> None:
         metrics = self.hooks.evaluate(self.step)
@@ -193,8 +198,8 @@ def _finite_means(sums: dict[str, torch.Tensor], count: int, step: int) -> dict[
     means = {k: v.item() / count for k, v in sums.items()}
     if not all(math.isfinite(v) for v in means.values()):
         raise NonFiniteLossError(
-            f"non-finite loss at step {step} ({_fmt(means)}); stopped, the last good checkpoint "
-            "is kept; try a lower train.lr or --precision fp32")
+            f"non-finite loss at step {step} ({_fmt(means)}); training stopped and nothing "
+            "non-finite was saved")
     return means
 
 
@@ -216,6 +221,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = signal.SIGINT
         self.previous: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
@@ -223,8 +229,8 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise StopRequested(signum)
+        self.requested, self.signum = True, signum
         log.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def restore(self) -> None:

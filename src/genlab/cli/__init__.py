@@ -12,7 +12,7 @@ import sys
 import click
 
 from genlab.cli.app import _one_line, cli
-from genlab.errors import UserError
+from genlab.errors import StopRequested, UserError
 
 __all__ = ["cli", "main"]
 
@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"genlab: error: {_one_line(e.format_message())}", err=True)
         sys.exit(e.exit_code)
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("genlab: interrupted", err=True)
-        sys.exit(130)
+    except (click.Abort, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, StopRequested) else 2  # SIGINT
+        click.echo("genlab: interrupted" if signum == 2 else f"genlab: stopped by signal {signum}",
+                   err=True)
+        sys.exit(128 + signum)
     except UserError as e:
         if debug:
             raise

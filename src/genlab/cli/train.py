@@ -55,11 +55,15 @@ Examples:
 @click.option("--init-from", type=click.Path(file_okay=False),
               help="Start from this run's weights with a fresh optimizer (fine-tuning); a text "
                    "model keeps that run's tokenizer.")
+@click.option("--overwrite", is_flag=True,
+              help="Start again in an --out folder that holds a run: genlab removes the files it "
+                   "wrote there and nothing else; or train in a folder of other files beside "
+                   "them.")
 def train(model: str | None, data: str | None, data_dir: str | None, steps: int | None,
           epochs: float | None, batch_size: int | None, out: str | None, seed: int | None,
           device: str, precision: str | None, compile_: bool | None, eval_every: int | None,
           preset: str | None, overrides: tuple[str, ...], conditional: bool, resume: str | None,
-          init_from: str | None) -> None:
+          init_from: str | None, overwrite: bool) -> None:
     """Train MODEL on a dataset; writes checkpoints, samples, metrics.jsonl and loss.png."""
     from genlab.distributed import is_main_process
     from genlab.runs import TrainRequest
@@ -71,7 +75,7 @@ def train(model: str | None, data: str | None, data_dir: str | None, steps: int 
                        batch_size=batch_size, out=out, seed=seed, device=device,
                        precision=precision, compile=compile_, eval_every=eval_every, preset=preset,
                        overrides=overrides, conditional=conditional, resume=resume,
-                       init_from=init_from, command=command_line())
+                       init_from=init_from, overwrite=overwrite, command=command_line())
     run_dir = run_training(req)
     if is_main_process():  # under torchrun, rank 0 reports for all
         _print_outputs(run_dir)
@@ -95,22 +99,35 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
-def demo(out: str, steps: int | None, seed: int, device: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Use an --out folder that holds other files or "
+              "another run: genlab removes only the files it wrote there.")
+def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -> None:
     """Train the offline demo: a DCGAN on the bundled 8x8 digits, with a sample grid and loss curve.
 
-    Needs no download. A few minutes on a laptop CPU. Running it again overwrites the folder.
+    Needs no download. A few minutes on a laptop CPU. Running it again replaces the previous
+    demo in the same folder, when that folder holds only what the demo wrote; a folder with
+    anything else in it (another run, your files) needs --overwrite, and even then genlab removes
+    only the files it wrote.
     """
-    import shutil
-
-    from genlab.rundir import RUN_FILE
+    from genlab.config import load_preset
+    from genlab.rundir import RUN_FILE, foreign_entries, read_run
     from genlab.runs import TrainRequest
     from genlab.runs import train as run_training
 
     out_dir = Path(out)
-    if (out_dir / RUN_FILE).exists():
-        shutil.rmtree(out_dir)  # the demo is disposable; a user's own runs are never overwritten
+    if (out_dir / RUN_FILE).is_file() and not foreign_entries(out_dir):
+        record = read_run(out_dir)
+        # a previous demo, and nothing but what it wrote: replaced without asking
+        overwrite = overwrite or (record.get("preset") == "demo" and
+                                  str(record.get("command") or "").startswith("genlab demo"))
+    preset = load_preset("demo")
+    total = steps or preset["train"]["steps"]
+    click.echo(f"genlab demo: a small DCGAN learns scikit-learn's 8x8 digits (shown at 32x32) "
+               f"for {total} steps in {out_dir}, then writes samples.png (generated digits) and "
+               "loss.png; after the first steps it says how long the rest will take", err=True)
     req = TrainRequest(model="dcgan", data="digits", preset="demo", steps=steps, seed=seed,
-                       out=out, device=device, precision="auto", command=command_line())
+                       out=out, device=device, precision="auto", overwrite=overwrite,
+                       command=command_line())
     run_dir = run_training(req)
     _print_outputs(run_dir)
 
