@@ -162,9 +162,9 @@ def save_checkpoint(
     for p in [path, *(previous_path(path, i) for i in range(1, keep)), _legacy_old(path)]:
         refuse_symlink(p)
     try:
-        check_finite(model, where=f"refusing to save {path}: the model")
+        check_finite(model, where=f"refusing to save {path}")
         for name, opt in (optimizers or {}).items():
-            check_finite(_optimizer_tensors(opt), where=f"refusing to save {path}: optimizer {name}")
+            check_finite(_optimizer_tensors(opt, name), where=f"refusing to save {path}")
     except UserError as e:
         raise NonFiniteLossError(f"{e}; the previous checkpoint is kept") from None
     files = {WEIGHTS: weights_bytes(model)}
@@ -450,7 +450,7 @@ def check_finite(module_or_tensors: torch.nn.Module | dict[str, torch.Tensor], *
     name = next(k for k, good in zip(floats, ok.tolist()) if not good)
     t = floats[name]
     bad = int((~torch.isfinite(t)).sum())
-    raise UserError(f"{where} holds NaN or inf ({name}: {bad} of {t.numel()} values); the model "
+    raise UserError(f"{where}: {name} holds NaN or inf ({bad} of {t.numel()} values); the model "
                     "diverged: use an earlier checkpoint or retrain with a lower train.lr")
 
 
@@ -489,11 +489,13 @@ def load_weights(path: str | os.PathLike, model: torch.nn.Module, *, strict: boo
         if source is not None:
             full.update({n: tensors[source] for n in names})
     model.load_state_dict(full, strict=strict)
-    check_finite(model, where=f"checkpoint {path}: the weights")
+    check_finite(model, where=f"checkpoint {path}")
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {f"{i}.{key}": value for i, slots in enumerate(opt.state.values())
+def _optimizer_tensors(opt: torch.optim.Optimizer, name: str) -> dict[str, torch.Tensor]:
+    """The state tensors of `opt`, named for messages: "optimizer 'generator' state 3.exp_avg"."""
+    return {f"optimizer {name!r} state {i}.{key}": value
+            for i, slots in enumerate(opt.state.values())
             for key, value in slots.items() if torch.is_tensor(value)}
 
 
@@ -520,7 +522,7 @@ def load_optimizers(path: str | os.PathLike, optimizers: dict[str, torch.optim.O
                     raise UserError(f"checkpoint {path}: optimizer {name!r} state {key} has shape "
                                     f"{list(value.shape)}, its parameter {list(param.shape)}; the "
                                     "checkpoint is damaged or from another model config")
-        check_finite(_optimizer_tensors(opt), where=f"checkpoint {path}: optimizer {name!r}")
+        check_finite(_optimizer_tensors(opt, name), where=f"checkpoint {path}")
         _match_param_layout(opt)
 
 
@@ -581,7 +583,11 @@ def load_rng(path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> boo
                         "new run from it with --init-from")
     _tensor_shapes(path, RNG)
     states = load_file(str(path / RNG))
-    if sum(key.startswith("cpu.rank") for key in states) != world_size:
+    saved_ranks = sum(key.startswith("cpu.rank") for key in states)
+    if saved_ranks == 0:
+        raise UserError(f"checkpoint {path}: {RNG} holds no valid RNG state for rank {rank} (no "
+                        "cpu.rank entries); the checkpoint is damaged")
+    if saved_ranks != world_size:
         return False
     cpu = torch.get_rng_state()
     try:

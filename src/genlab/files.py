@@ -172,14 +172,15 @@ def append_line(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EMLINK):  # Linux / BSD for "that is a link"
             refuse_symlink(path)
+        if e.errno == errno.ENXIO:  # a FIFO or socket
+            raise _not_regular(path) from None
         if is_disk_full(e):
             raise disk_full(path, len(data)) from None
         raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path} is not a regular file; genlab appends only to files it "
-                            "made; move it away")
+            raise _not_regular(path)
         try:
             _write_all(fd, data)
         except OSError as e:
@@ -189,3 +190,8 @@ def append_line(path: str | os.PathLike, text: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _not_regular(path: Path) -> UserError:
+    return UserError(f"{path} is not a regular file; genlab appends only to files it made; move "
+                     "it away")
