@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.config import check_at_most, check_finite_fields
 from genlab.errors import UserError
+from genlab.limits import MAX_CONTEXT, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 from genlab.models.base import GenerativeModel
 from genlab.text.sampling import check_sampling_args, next_token
 from genlab.text.tokenizer import DEFAULT_BPE_VOCAB, Tokenizer, tokenizer_from_dict
@@ -48,6 +50,7 @@ class GPTConfig:
     vocab_size: int = 0  # char: 0 = the training text's characters; bpe: tokens to learn (0 = 1024)
 
     def validate(self) -> None:
+        check_finite_fields(self, "model")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             if getattr(self, name) <= 0:
                 hint = " (set from the data)" if name == "vocab_size" else ""
@@ -60,6 +63,8 @@ class GPTConfig:
                             f"{self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        check_at_most(self, "model", {"n_layer": MAX_LAYERS, "n_embd": MAX_WIDTH,
+                                      "block_size": MAX_CONTEXT, "vocab_size": MAX_VOCAB})
 
 
 class KVCache:
