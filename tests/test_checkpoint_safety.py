@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,6 +180,7 @@ def test_newest_valid_checkpoint_when_none_verifies(trained, tmp_path: Path) -> 
     model, optimizers = trained
     with pytest.raises(UserError, match=r"has no checkpoint"):
         newest_valid_checkpoint(tmp_path)
+    assert sweep_orphans(tmp_path / "missing") == []
     _save(tmp_path / "checkpoint", model, optimizers, 1)
     (tmp_path / "checkpoint" / "state.json").write_text("{")
     with pytest.raises(UserError, match=r"no checkpoint of .* verifies .*state.json.*corrupt"):
@@ -479,9 +481,19 @@ def test_wrong_model_kind_and_an_edited_run_json(trained, tmp_path: Path) -> Non
         check_model_kind(state, "vae", ckpt)
     record = {"model": "dcgan", "model_config": json.loads(json.dumps(model.config.__dict__)),
               "train_config": {"lr": 2e-4, "steps": 10}}
-    check_against_record(record, state, ckpt)  # agrees
-    with pytest.raises(UserError, match=r"run.json has train.lr=0.1 but the checkpoint .* 0.0002"):
-        check_against_record({**record, "train_config": {"lr": 0.1, "steps": 10}}, state, ckpt)
+    assert check_against_record(record, state, ckpt) == []  # agrees
+    # a key a resume may change: the checkpoint's value is used, and the user is told
+    (note,) = check_against_record({**record, "train_config": {"lr": 0.1, "steps": 10}}, state,
+                                   ckpt)
+    assert re.search(r"run.json has train.lr=0.1 but the checkpoint .* 0.0002; using the "
+                     r"checkpoint's \(to change it on resume: --set train.lr=VALUE\)", note)
+    with pytest.raises(UserError, match=r"run.json has train.batch_size=4 .*None; run.json was "
+                                        r"edited .*cannot change train.batch_size"):
+        check_against_record({**record, "train_config": {**record["train_config"],
+                                                         "batch_size": 4}}, state, ckpt)
+    with pytest.raises(UserError, match=r"run.json has model.nz=3 "):
+        check_against_record({**record, "model_config": {**record["model_config"], "nz": 3}},
+                             state, ckpt)
     with pytest.raises(UserError, match=r"holds a dcgan model, not a vae"):
         check_against_record({**record, "model": "vae"}, state, ckpt)
     assert version_warnings(state) == []

@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from genlab import __version__
+from genlab.config import SAFE_ON_RESUME
 from genlab.errors import NonFiniteLossError, UserError
 from genlab.files import (  # noqa: F401  (atomic_write_*, append_line: imported from here too)
     append_line,
@@ -238,6 +239,8 @@ def sweep_orphans(run_dir: str | os.PathLike) -> list[Path]:
     while holding the run's lock (`genlab.runlock`): another process's temporaries look the same."""
     run_dir = Path(run_dir)
     removed: list[Path] = []
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        return removed
     folders = [run_dir] + [p for p in sorted(run_dir.iterdir())
                            if p.is_dir() and not p.is_symlink() and not is_temporary(p.name)]
     for folder in folders:
@@ -279,7 +282,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def verify_checkpoint(path: str | os.PathLike) -> Path:
-    """Check every file against the manifest, that state.json is a checkpoint's and that each
+    """Check every file against the manifest, that state.json is a JSON object and that each
     safetensors file has a readable header; raise a `UserError` naming the first bad one."""
     path = resolve_checkpoint(path)
     try:
@@ -300,14 +303,15 @@ def verify_checkpoint(path: str | os.PathLike) -> Path:
         if sha256_file(f) != expected:
             raise UserError(f"checkpoint {f} is corrupt (SHA-256 does not match the manifest); "
                             "restore it or retrain")
-    _parse_state(path)
+    _parse_state(path, complete=False)
     for name in manifest:
         if name.endswith(".safetensors"):
             _tensor_shapes(path, name)
     return path
 
 
-def _parse_state(path: Path) -> dict[str, Any]:
+def _parse_state(path: Path, complete: bool = True) -> dict[str, Any]:
+    """state.json as a dict; `complete`: with the keys every loader reads."""
     try:
         state = json.loads((path / STATE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -316,11 +320,11 @@ def _parse_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path}: {STATE} holds no checkpoint state; the checkpoint is "
                         "damaged: use an earlier one or retrain")
-    for key, kind in (("model", str), ("model_config", dict), ("step", int)):
+    for key, kind in (("model", str), ("model_config", dict), ("step", int)) if complete else ():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             raise UserError(f"checkpoint {path}: {STATE} has no valid {key!r}; the checkpoint is "
                             "damaged: use an earlier one or retrain")
-    if state["step"] < 0:
+    if complete and state["step"] < 0:
         raise UserError(f"checkpoint {path}: {STATE} has a negative step; the checkpoint is damaged")
     return state
 
@@ -340,7 +344,7 @@ def _short(error: BaseException) -> str:
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The state.json of a verified checkpoint."""
+    """The state.json of a verified checkpoint, with the model kind, its config and the step."""
     return _parse_state(verify_checkpoint(path))
 
 
@@ -401,20 +405,30 @@ def check_model_kind(state: dict[str, Any], expected: str, path: str | os.PathLi
 
 
 def check_against_record(record: dict[str, Any], state: dict[str, Any],
-                         path: str | os.PathLike) -> None:
+                         path: str | os.PathLike) -> list[str]:
     """On resume the verified checkpoint's configs are the ones used; run.json (which the manifest
-    does not cover) must agree with them, else a `UserError` names the first differing key."""
+    does not cover) must agree with them. A differing model kind, model.* or train.* key outside
+    `config.SAFE_ON_RESUME` is a `UserError` naming it. A differing safe key (the steps or
+    learning rate an earlier `--resume` wrote into run.json before it crashed, or a hand edit) is
+    returned as a note: the checkpoint's value is used, and `--set` changes it."""
     check_model_kind(state, record.get("model"), path)
+    notes = []
     for section in ("model_config", "train_config"):
         ours = _json_normal(state.get(section) or {})
         theirs = _json_normal(record.get(section) or {})
+        prefix = section.split("_")[0]
         for key in sorted(set(ours) | set(theirs)):
-            if ours.get(key) != theirs.get(key):
-                prefix = section.split("_")[0]
-                raise UserError(
-                    f"run.json has {prefix}.{key}={theirs.get(key)!r} but the checkpoint {path} "
-                    f"was trained with {ours.get(key)!r}; run.json was edited or is from another "
-                    f"run: restore it (to change a setting on resume, use --set)")
+            if ours.get(key) == theirs.get(key):
+                continue
+            said = (f"run.json has {prefix}.{key}={theirs.get(key)!r} but the checkpoint {path} "
+                    f"was trained with {ours.get(key)!r}")
+            if prefix == "train" and key in SAFE_ON_RESUME:
+                notes.append(f"{said}; using the checkpoint's (to change it on resume: --set "
+                             f"train.{key}=VALUE)")
+            else:
+                raise UserError(f"{said}; run.json was edited or is from another run: restore it "
+                                f"(--resume cannot change {prefix}.{key})")
+    return notes
 
 
 def _json_normal(value: Any) -> Any:
