@@ -4,16 +4,20 @@ Compares, in one process on the same model, `checkpoint.save_checkpoint` (serial
 write, fsync, read back and verify, rotate two kept checkpoints) with the bare writes it cannot
 avoid (safetensors files of the weights and the optimizer state, written and fsynced), and
 `read_state` + `load_weights` (hashes, headers, key and shape checks, finite check) with a bare
-`load_file` + `load_state_dict`. Prints the median of several rounds and the ratio.
+`load_file` + `load_state_dict`. With `--old-ref REF` it also times the checkpoint.py of that git
+commit (e.g. 77c8e45, before issue 11) in the same process. Prints medians and ratios.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/checkpoint_io.py [--model dcgan] [--rounds 5]
+        [--old-ref 77c8e45]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -69,10 +73,24 @@ def _median(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
+def old_checkpoint_module(ref: str, folder: Path):
+    """genlab/checkpoint.py as it was at git commit `ref`, imported under another name."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "-C", str(root), "show", f"{ref}:src/genlab/checkpoint.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = folder / "old_checkpoint.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dcgan")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--old-ref", help="also time checkpoint.py of this git commit")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, optimizers = _model(args.model)
@@ -91,12 +109,25 @@ def main() -> None:
             load_file(str(root / "bare" / "model.safetensors")), strict=False), args.rounds)
         full_load = _median(lambda: (read_state(root / "run" / "checkpoint"),
                                      load_weights(root / "run" / "checkpoint", fresh)), args.rounds)
+        old = None
+        if args.old_ref:
+            mod = old_checkpoint_module(args.old_ref, root)
+            target = root / "old" / "checkpoint"
+            mod.save_checkpoint(target, model, meta=meta, optimizers=optimizers)
+            old = (_median(lambda: mod.save_checkpoint(target, model, meta=meta,
+                                                       optimizers=optimizers), args.rounds),
+                   _median(lambda: (mod.read_state(target), mod.load_weights(target, fresh)),
+                           args.rounds))
     print(f"model {args.model}: {params / 1e6:.2f}M parameters, checkpoint {size / 1e6:.1f} MB, "
           f"median of {args.rounds}, torch threads {torch.get_num_threads()}")
     print(f"save: bare writes {bare * 1e3:.1f} ms, save_checkpoint {full * 1e3:.1f} ms "
           f"({full / bare:.2f}x)")
     print(f"load: bare load_file {bare_load * 1e3:.1f} ms, read_state + load_weights "
           f"{full_load * 1e3:.1f} ms ({full_load / bare_load:.2f}x)")
+    if old is not None:
+        print(f"checkpoint.py of {args.old_ref}: save {old[0] * 1e3:.1f} ms (new / old "
+              f"{full / old[0]:.2f}x), load {old[1] * 1e3:.1f} ms (new / old "
+              f"{full_load / old[1]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -358,6 +358,7 @@ def test_non_finite_weights_are_refused_on_load(trained, tmp_path: Path) -> None
         load_weights(ckpt, _model())
     fresh = _model()
     check_finite(fresh, where="fresh")  # a finite model passes
+    check_finite({"huge": torch.full((10,), 3e38)}, where="huge")  # its sum overflows; it is finite
     fresh.generator.net[0].weight.data.fill_(float("nan"))
     with pytest.raises(UserError, match=r"fresh: generator.net.0.weight holds NaN or inf"):
         check_finite(fresh, where="fresh")
