@@ -123,7 +123,7 @@ def test_wgan_gp_trains_under_ddp_and_only_rank0_writes(tmp_path, idx_spec, run_
         assert all(math.isfinite(row[k]) for k in ("loss", "d_loss", "g_loss", "gp"))
         assert row["gp"] > 0
     assert {p.name for p in run.iterdir()} == {"run.json", "metrics.jsonl", "samples", "samples.png",
-                                              "loss.png", "checkpoint"}
+                                              "loss.png", "checkpoint", "checkpoint.prev-1"}
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png",
                                                                    "step_0000003.png"]
     assert set(load_file(str(run / "checkpoint" / "rng.safetensors"))) == {"cpu.rank0",

@@ -68,7 +68,8 @@ def test_resume_with_channels_last_continues_exactly(tmp_path):
     optimizers = model.configure_optimizers(TrainConfig())
     batch = {"images": torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)}
     model.train_step(batch, optimizers)
-    save_checkpoint(tmp_path / "ckpt", model, meta={"step": 1}, optimizers=optimizers)
+    save_checkpoint(tmp_path / "ckpt", model, meta={"model": "dcgan", "model_config": {}, "step": 1},
+                    optimizers=optimizers)
     resumed = tiny_dcgan()
     resumed_opts = resumed.configure_optimizers(TrainConfig())
     load_weights(tmp_path / "ckpt", resumed)

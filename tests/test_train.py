@@ -194,7 +194,10 @@ def test_huge_learning_rate_is_a_clear_cli_error(run_cli, idx_spec: str, tmp_pat
                            "8", "--out", tmp_path / "run", "--device", "cpu", "--set",
                            "train.lr=1e30", "--set", "model.ngf=4", "--set", "model.ndf=4")
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("genlab: error: non-finite loss at step")
+    # refused before any work since issue 11 (it used to train into a NaN loss)
+    assert err.strip().splitlines()[-1] == ("genlab: error: train.lr must be in (0, 10], got "
+                                            "1e+30")
+    assert not (tmp_path / "run").exists()
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------

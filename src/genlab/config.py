@@ -9,14 +9,19 @@ is allowed, raised before any tensor is allocated.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from genlab.errors import UserError
+from genlab.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_SAMPLES, MAX_STEPS, SEEDS, Range
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -53,28 +58,63 @@ class TrainConfig:
     eval_n: int = 2000  # samples per in-training evaluation
 
     def validate(self) -> None:
-        positive = ("batch_size", "grad_accum", "log_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        if self.steps < 0 or self.epochs < 0:
-            raise UserError("train.steps and train.epochs must be >= 0")
-        if self.lr <= 0:
-            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        for name, allowed in TRAIN_RANGES.items():
+            allowed.check(f"train.{name}", getattr(self, name))
         if self.batch_size % self.grad_accum:
             raise UserError(
                 f"train.batch_size ({self.batch_size}) must be divisible by "
                 f"train.grad_accum ({self.grad_accum})"
             )
-        for name in ("sample_every", "checkpoint_every", "eval_every", "warmup_steps",
-                     "lr_decay_steps", "eval_n", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise UserError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+_STEPS = Range(0, MAX_STEPS, integer=True)
+# The allowed values of every numeric field of TrainConfig (docs/reliability.md lists them).
+TRAIN_RANGES: dict[str, Range] = {
+    "steps": _STEPS,
+    "epochs": Range(0, MAX_EPOCHS),
+    "batch_size": Range(1, MAX_BATCH, integer=True),
+    "grad_accum": Range(1, MAX_BATCH, integer=True),
+    "lr": Range(0, MAX_LR, low_open=True),
+    "beta1": Range(0, 1, high_open=True),
+    "beta2": Range(0, 1, high_open=True),
+    "weight_decay": Range(0, 10),
+    "warmup_steps": _STEPS,
+    "lr_decay_steps": _STEPS,
+    "min_lr_ratio": Range(0, 1),
+    "grad_clip": Range(0, 1e6),
+    "seed": SEEDS,
+    "log_every": Range(1, MAX_STEPS, integer=True),
+    "sample_every": _STEPS,
+    "checkpoint_every": _STEPS,
+    "eval_every": _STEPS,
+    "eval_n": Range(0, MAX_SAMPLES, integer=True),
+}
+
+# The train settings `--resume` may change: how fast and how long to go on, and how often to log,
+# sample, evaluate and save. Each leaves the batches, the model and the optimizer state as they
+# are; anything else (batch size, seed, optimizer, betas, precision, model.*) would not continue
+# the same run. The changes are recorded in run.json.
+SAFE_ON_RESUME = frozenset({
+    "lr", "lr_schedule", "warmup_steps", "lr_decay_steps", "min_lr_ratio", "steps",
+    "eval_every", "eval_n", "log_every", "sample_every", "checkpoint_every",
+})
+
+
+def check_finite_fields(config: Any, prefix: str) -> None:
+    """Every float field of dataclass `config` is finite (a `UserError` names the first that
+    is not). For the model configs' `validate()`; `--set` and presets are checked on entry."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{prefix}.{f.name} must be a finite number, got {value!r}")
+
+
+def check_at_most(config: Any, prefix: str, bounds: dict[str, float]) -> None:
+    """Upper bounds of a model config's fields: a `UserError` names the first one above."""
+    for name, bound in bounds.items():
+        value = getattr(config, name)
+        if value > bound:
+            raise UserError(f"{prefix}.{name} must be <= {bound:g}, got {value!r}")
 
 
 # --- converting values ---------------------------------------------------------------------------
@@ -126,9 +166,12 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             raise UserError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # "nan", "inf", "1e999", TOML's nan and inf
+            raise UserError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         return str(value)
     raise UserError(f"{key}: cannot set a field of type {_describe(tp)} from the command line")
@@ -175,14 +218,98 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+MAX_PRESET_BYTES = 1 << 20
+
+
 def load_preset(name: str) -> dict[str, Any]:
-    """A preset is `{"model": {...}, "train": {...}}` plus optional top-level `model_name`, `data`."""
+    """A built-in preset by name: `{"model": {...}, "train": {...}}` plus optional top-level
+    `model_name`, `data`, `description`. Names only: a path is refused (`load_preset_file`)."""
+    if not isinstance(name, str) or not PRESET_NAME.match(name):
+        raise UserError(f"--preset takes a preset name ({', '.join(preset_names())}), got "
+                        f"{name!r}; to use a TOML file of your own, pass --preset-file PATH")
     path = resources.files("genlab") / "presets" / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
-    data = tomllib.loads(path.read_text())
+    return _check_preset(_parse_toml(path.read_text(), f"preset {name}"), f"preset {name}")
+
+
+def load_preset_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A preset from a TOML file the user names explicitly (`--preset-file PATH`), checked like
+    the built-in ones."""
+    path = Path(path)
+    if not path.is_file():
+        why = "is not a file" if path.exists() else "does not exist"
+        raise UserError(f"--preset-file {path} {why}; give a TOML file")
+    if path.stat().st_size > MAX_PRESET_BYTES:
+        raise UserError(f"--preset-file {path} is over {MAX_PRESET_BYTES} bytes; a preset is a "
+                        "small TOML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--preset-file {path} is not UTF-8 text (invalid byte at offset "
+                        f"{e.start})") from None
+    return _check_preset(_parse_toml(text, f"--preset-file {path}"), f"--preset-file {path}")
+
+
+def _parse_toml(text: str, label: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{label} is not valid TOML ({' '.join(str(e).split())})") from None
+
+
+def _check_preset(data: dict[str, Any], label: str) -> dict[str, Any]:
     # `device = "cuda"` marks a preset sized for a GPU (genlab train warns when it runs elsewhere)
     unknown = set(data) - {"model", "train", "model_name", "data", "description", "device"}
     if unknown:
-        raise UserError(f"preset {name}: unknown sections {sorted(unknown)}")
+        raise UserError(f"{label}: unknown sections {sorted(unknown)}; allowed: [model], [train], "
+                        "model_name, data, description")
+    for key in ("model", "train"):
+        if key in data and not isinstance(data[key], dict):
+            raise UserError(f"{label}: {key} must be a [{key}] table")
+    for key in ("model_name", "data", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise UserError(f"{label}: {key} must be a string, got {data[key]!r}")
     return data
+
+
+# --- resume ----------------------------------------------------------------------------------------
+
+def check_resume_overrides(overrides: dict[str, dict[str, Any]]) -> None:
+    """Refuse, by name, every override a `--resume` may not make: all of model.*, and train.*
+    keys outside `SAFE_ON_RESUME`. `overrides` is `parse_overrides`' result."""
+    allowed = ", ".join(f"train.{k}" for k in sorted(SAFE_ON_RESUME))
+    for key in overrides.get("model", {}):
+        raise UserError(f"--resume cannot change model.{key}: the checkpoint's weights belong to "
+                        f"the model as it was built; allowed with --resume: {allowed}")
+    for key in overrides.get("train", {}):
+        if key not in SAFE_ON_RESUME:
+            raise UserError(f"--resume cannot change train.{key}: the resumed run would not "
+                            f"continue the same run; allowed with --resume: {allowed}")
+
+
+def apply_resume_overrides(train: TrainConfig, overrides: dict[str, dict[str, Any]]
+                           ) -> tuple[TrainConfig, dict[str, list[Any]]]:
+    """The checkpoint's train config with a resume's safe overrides applied, checked, and the
+    changes as `{"train.lr": [old, new]}` to record in run.json."""
+    check_resume_overrides(overrides)
+    updated = update_config(train, overrides.get("train", {}), "train")
+    updated.validate()
+    changes = {f"train.{k}": [getattr(train, k), getattr(updated, k)]
+               for k in overrides.get("train", {}) if getattr(train, k) != getattr(updated, k)}
+    return updated, changes
+
+
+def check_resume_schedule(train: TrainConfig, total_steps: int) -> None:
+    """A cosine schedule ends at `train.lr_decay_steps`; resuming to a larger total would train
+    the extra steps at the floor learning rate (0 for the gpt preset). Refuse, naming the key."""
+    if train.lr_schedule == "cosine" and train.lr_decay_steps and \
+            total_steps > train.lr_decay_steps:
+        raise UserError(
+            f"--steps {total_steps} runs past the end of the cosine schedule "
+            f"(train.lr_decay_steps={train.lr_decay_steps}): the extra steps would train at the "
+            f"floor learning rate ({train.lr * train.min_lr_ratio:g}); pass --set "
+            f"train.lr_decay_steps={total_steps} to stretch the schedule from here on (the "
+            "learning rate jumps up to the new curve), or resume to at most "
+            f"{train.lr_decay_steps} steps")

@@ -18,8 +18,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from genlab.config import TrainConfig
+from genlab.config import TrainConfig, check_at_most, check_finite_fields
 from genlab.errors import UserError
+from genlab.limits import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LOSS_WEIGHT, MAX_WIDTH
 from genlab.models.base import (
     Discriminator,
     GenerativeModel,
@@ -50,6 +51,7 @@ class GANConfig:
     def validate(self, *, partial: bool = False) -> None:
         """Every rule; `partial`: only those that do not need the data (checked before any data
         is read; the data-derived fields are still 0 then)."""
+        check_finite_fields(self, "model")
         if not partial and (self.channels <= 0 or self.image_size <= 0):
             raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
         if self.channels < 0 or self.image_size < 0:
@@ -66,6 +68,10 @@ class GANConfig:
                 raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_at_most(self, "model", {
+            "channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIDE, "num_classes": MAX_CLASSES,
+            "d_steps": 100, "gp_weight": MAX_LOSS_WEIGHT,
+            **{name: MAX_WIDTH for name in self.widths}})
 
     @property
     def discriminator_norm(self) -> str:

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.config import check_at_most, check_finite_fields
 from genlab.errors import UserError
+from genlab.limits import MAX_CONTEXT, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 from genlab.log import get_logger
 from genlab.models.base import GenerativeModel
 from genlab.text.sampling import check_sampling_args, next_token
@@ -51,6 +53,7 @@ class GPTConfig:
 
     def validate(self, *, partial: bool = False) -> None:
         """Every rule; `partial`: only those that do not need the data (the vocabulary size)."""
+        check_finite_fields(self, "model")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             if partial and name == "vocab_size" and self.vocab_size == 0:
                 continue
@@ -65,6 +68,8 @@ class GPTConfig:
                             f"{self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        check_at_most(self, "model", {"n_layer": MAX_LAYERS, "n_embd": MAX_WIDTH,
+                                      "block_size": MAX_CONTEXT, "vocab_size": MAX_VOCAB})
 
 
 class KVCache:

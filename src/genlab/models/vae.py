@@ -30,7 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.config import check_at_most, check_finite_fields
 from genlab.errors import UserError
+from genlab.limits import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_IMAGE_SIDE,
+    MAX_LOSS_WEIGHT,
+    MAX_STEPS,
+    MAX_WIDTH,
+)
 from genlab.models.base import (
     Encoder,
     GenerativeModel,
@@ -55,20 +64,27 @@ class VAEConfig:
     label_dim: int = 16  # width of the label embedding fed to encoder and decoder (conditional)
     pixel_features: int = 8  # decoder features per pixel, mapped to the likelihood's parameters
 
+    widths = ("nz", "label_dim", "pixel_features")  # layer sizes that must be >= 1
+
     def validate(self, *, partial: bool = False) -> None:
         """Every rule; `partial`: only those that do not need the data (checked before any data
         is read; the data-derived fields are still 0 then)."""
+        check_finite_fields(self, "model")
         if not partial and (self.channels <= 0 or self.image_size <= 0):
             raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
         if self.channels < 0 or self.image_size < 0:
             raise UserError("model.channels and model.image_size must be >= 0 (0 = from the data)")
-        for name in ("nz", "label_dim", "pixel_features"):
+        for name in self.widths:
             if getattr(self, name) <= 0:
                 raise UserError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.beta < 0:
             raise UserError(f"model.beta must be >= 0, got {self.beta}")
         if self.kl_warmup_steps < 0:
             raise UserError(f"model.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
+        check_at_most(self, "model", {
+            "channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIDE, "num_classes": MAX_CLASSES,
+            "beta": MAX_LOSS_WEIGHT, "kl_warmup_steps": MAX_STEPS,
+            **{name: MAX_WIDTH for name in self.widths}})
 
 
 class VAE(GenerativeModel, Likelihood, Encoder):
@@ -301,6 +317,8 @@ def interpolate_latents(z0: Tensor, z1: Tensor, steps: int, mode: str = "slerp")
 class MLPVAEConfig(VAEConfig):
     hidden: int = 512  # width of the two hidden layers of encoder and decoder
 
+    widths = ("nz", "label_dim", "pixel_features", "hidden")
+
 
 class MLPEncoder(nn.Module):
     def __init__(self, config: MLPVAEConfig) -> None:
@@ -354,6 +372,8 @@ class ConvVAEConfig(VAEConfig):
     width: int = 32  # feature maps at full and half resolution; doubled at quarter resolution
     hidden: int = 256  # width of the dense layer between the feature maps and the latent
     pixel_features: int = 32
+
+    widths = ("nz", "label_dim", "pixel_features", "width", "hidden")
 
     def validate(self, *, partial: bool = False) -> None:
         super().validate(partial=partial)

@@ -3,7 +3,9 @@
 `--data text:PATH`: the first 90% of the characters train, the last 10% validate. The tokenizer is
 built from the training split. Encoded ids are cached under `data_root()/text/` (never beside the
 user's file), keyed by the file's SHA-256 and the tokenizer, as flat `.npy` arrays (uint16 when the
-vocabulary fits) that later runs memory-map instead of encoding again.
+vocabulary fits) that later runs memory-map instead of encoding again. `meta.json` records the size
+and SHA-256 of every cache file; a cache that no longer matches (truncated, replaced) is encoded
+again, and `TextData.note` says so.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.checkpoint import atomic_write_bytes, atomic_write_text
+from genlab.checkpoint import sha256_file
 from genlab.data import data_root
 from genlab.errors import UserError
+from genlab.files import atomic_write_bytes, atomic_write_text
+from genlab.limits import derive_seed
 from genlab.text.tokenizer import (
     DEFAULT_BPE_VOCAB,
     Tokenizer,
@@ -29,7 +33,8 @@ from genlab.text.tokenizer import (
 
 PREFIX = "text:"
 TRAIN_FRACTION = 0.9
-CACHE_VERSION = 1  # bump when the cache layout changes
+CACHE_VERSION = 2  # bump when the cache layout changes; 2: meta.json holds each file's hash
+CACHE_FILES = ("train.npy", "val.npy", "tokenizer.json")
 
 
 @dataclass
@@ -40,6 +45,7 @@ class TextData:
     name: str  # the file as given
     file_sha256: str
     tokens_sha256: str  # of both splits' ids: equal hashes mean the model saw the same tokens
+    note: str | None = None  # set when a damaged cache was rebuilt: show it to the user
 
 
 def text_path(spec: str) -> Path:
@@ -81,14 +87,23 @@ def load_text(spec: str, tokenizer: str, vocab_size: int = 0, *,
         key = "char" if tokenizer == "char" else f"{tokenizer}{vocab_size or DEFAULT_BPE_VOCAB}"
     folder = data_root() / "text" / f"{file_sha[:24]}-{key}"
     meta = _read_meta(folder)
+    note = None
+    if meta is not None and meta.get("source_sha256") == file_sha:
+        damage = cache_damage(folder, meta)
+        if damage:
+            note = f"the token cache {folder} was damaged ({damage}); encoded {path} again"
+            meta = None
     if meta is None or meta.get("source_sha256") != file_sha:
         meta = _encode_to_cache(path, read_text(path, raw), tokenizer, vocab_size, folder, file_sha,
                                 fixed)
-    tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text()))
-    return TextData(train=np.load(folder / "train.npy", mmap_mode="r"),
-                    val=np.load(folder / "val.npy", mmap_mode="r"), tokenizer=tok,
-                    name=spec[len(PREFIX):], file_sha256=file_sha,
-                    tokens_sha256=meta["tokens_sha256"])
+    try:
+        tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text()))
+        train, val = (np.load(folder / f"{split}.npy", mmap_mode="r") for split in ("train", "val"))
+    except (OSError, ValueError, KeyError) as e:  # changed since it was verified a moment ago
+        raise UserError(f"the token cache {folder} cannot be read ({e}); delete the folder and "
+                        "run again") from None
+    return TextData(train=train, val=val, tokenizer=tok, name=spec[len(PREFIX):],
+                    file_sha256=file_sha, tokens_sha256=meta["tokens_sha256"], note=note)
 
 
 def _read_meta(folder: Path) -> dict | None:
@@ -97,7 +112,25 @@ def _read_meta(folder: Path) -> dict | None:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return meta if meta.get("version") == CACHE_VERSION else None
+    return meta if isinstance(meta, dict) and meta.get("version") == CACHE_VERSION else None
+
+
+def cache_damage(folder: Path, meta: dict) -> str | None:
+    """What is wrong with a cache entry's files against its meta.json, or None when each has the
+    recorded size and SHA-256."""
+    recorded = meta.get("files")
+    if not isinstance(recorded, dict):
+        return "meta.json lists no files"
+    for name in CACHE_FILES:
+        entry, path = recorded.get(name), folder / name
+        if not isinstance(entry, dict) or path.is_symlink() or not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            return f"{name} has {size} bytes, {entry.get('size')} were written"
+        if sha256_file(path) != entry.get("sha256"):
+            return f"{name} was changed since it was written (SHA-256 differs)"
+    return None
 
 
 def _encode_to_cache(path: Path, text: str, tokenizer: str, vocab_size: int, folder: Path,
@@ -116,16 +149,21 @@ def _encode_to_cache(path: Path, text: str, tokenizer: str, vocab_size: int, fol
               "val": tok.encode(val_text).astype(dtype)}
     digest = hashlib.sha256()
     folder.mkdir(parents=True, exist_ok=True)
+    contents = {}
     for name, ids in splits.items():
         digest.update(ids.tobytes())
         buf = io.BytesIO()
         np.save(buf, ids)
-        atomic_write_bytes(folder / f"{name}.npy", buf.getvalue())
-    atomic_write_text(folder / "tokenizer.json", json.dumps(tok.to_dict()))
+        contents[f"{name}.npy"] = buf.getvalue()
+    contents["tokenizer.json"] = json.dumps(tok.to_dict()).encode()
+    for name, data in contents.items():
+        atomic_write_bytes(folder / name, data)
     meta = {"version": CACHE_VERSION, "source": str(path), "source_sha256": file_sha,
             "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
             "train_tokens": len(splits["train"]), "val_tokens": len(splits["val"]),
-            "tokens_sha256": digest.hexdigest()}
+            "tokens_sha256": digest.hexdigest(),
+            "files": {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                      for name, data in contents.items()}}
     atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))  # last: marks it complete
     return meta
 
@@ -150,7 +188,7 @@ class TextBatcher:
         self._window = np.arange(block_size + 1)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, step))
         starts = torch.randint(self.n_starts, (self.batch_size,), generator=g).numpy()
         starts = starts[self.offset:self.offset + self.local]
         ids = self.tokens[starts[:, None] + self._window].astype(np.int64)  # (B, block_size + 1)

@@ -7,19 +7,18 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from genlab.errors import UserError
+from genlab.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_VOCAB, Range
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
                         max_new_tokens: int) -> None:
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    if max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    """Each option in its range (NaN and inf never are): a `UserError` names the first outside."""
+    Range(0, MAX_TEMPERATURE).check("--temperature (0 = greedy)", temperature)
+    if top_k is not None:
+        Range(1, MAX_VOCAB, integer=True).check("--top-k", top_k)
+    if top_p is not None:
+        Range(0, 1, low_open=True).check("--top-p", top_p)
+    Range(0, MAX_NEW_TOKENS, integer=True).check("--max-new-tokens", max_new_tokens)
 
 
 def next_token(logits: Tensor, *, generator: torch.Generator | None, temperature: float = 1.0,
