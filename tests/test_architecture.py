@@ -288,7 +288,7 @@ def test_train_and_evaluate_stay_functions_and_run_twice(tmp_path: Path, idx_spe
                          overrides=tiny, device="cpu") for i in range(2)]
     assert [r.metrics[-1]["step"] for r in runs] == [2, 2]
     assert runs[0].metrics[-1]["loss"] == runs[1].metrics[-1]["loss"]  # same seed
-    reports = [genlab.evaluate(r, n=16, device="cpu") for r in runs]
+    reports = [genlab.evaluate(r, n=16, device="cpu", real="digits") for r in runs]
     assert reports[0]["fd"] == reports[1]["fd"] and reports[0]["provenance"]["step"] == 2
     assert (runs[1].dir / "eval.json").is_file()
 

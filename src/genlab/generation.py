@@ -15,11 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from genlab.errors import UserError
+from genlab.limits import MAX_NEW_TOKENS, MAX_SAMPLES, MAX_SEED
 from genlab.models.base import GenerativeModel
 
-MAX_SEED = 2**63 - 1
-MAX_SAMPLES = 100_000  # per request; `genlab eval` draws its own samples in chunks
-MAX_NEW_TOKENS = 100_000
 DEFAULT_IMAGES = 64  # `genlab sample` of an image model without --n
 DEFAULT_TEXTS = 1
 DEFAULT_NEW_TOKENS = 500

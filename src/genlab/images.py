@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genlab.checkpoint import atomic_write_bytes
+from genlab.files import atomic_write_bytes, real_dir
 
 GRID_MIN_SIDE = 256  # grids are upscaled (nearest) to at least this many pixels
 
@@ -80,8 +80,9 @@ def npz_bytes(images: torch.Tensor, labels: torch.Tensor | None = None,
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write `data` to `path` atomically, making its folder; never through a link."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    real_dir(path.parent)
     atomic_write_bytes(path, data)
     return path
 

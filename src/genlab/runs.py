@@ -8,6 +8,7 @@ or fine-tunes it, writes `run.json`, and runs the `Trainer`. Reading a run folde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -20,25 +21,36 @@ from typing import Any
 import torch
 
 from genlab.checkpoint import (
-    atomic_write_text,
+    KEEP,
+    check_against_record,
+    check_model_kind,
     load_optimizers,
     load_weights,
+    newest_valid_checkpoint,
     read_state,
-    resolve_checkpoint,
     save_checkpoint,
+    sweep_orphans,
+    version_warnings,
 )
 from genlab.config import (
+    SAFE_ON_RESUME,
     TrainConfig,
+    apply_resume_overrides,
+    check_resume_overrides,
+    check_resume_schedule,
     config_from_dict,
     config_to_dict,
     load_preset,
+    load_preset_file,
     parse_overrides,
     preset_names,
 )
 from genlab.devices import resolve_device, resolve_precision
 from genlab.distributed import DistContext
-from genlab.errors import UserError
+from genlab.errors import NonFiniteLossError, UserError
+from genlab.files import atomic_write_text, refuse_symlinks
 from genlab.images import plot_losses
+from genlab.limits import check_path
 from genlab.log import get_logger
 from genlab.modalities import Modality, get_modality, modality_for_data
 from genlab.models import GenerativeModel, get_model_class
@@ -50,6 +62,7 @@ from genlab.rundir import (
     read_run,
     remove_outputs,
 )
+from genlab.runlock import LOCK_FILE, RunLock
 from genlab.trainer import Hooks, Trainer
 from genlab.version import __version__
 
@@ -59,15 +72,19 @@ log = get_logger(__name__)
 # --- building configs -----------------------------------------------------------------------------
 
 def build_configs(model_name: str, *, preset: str | None, overrides: Sequence[str],
-                  flags: dict[str, Any]) -> tuple[type[GenerativeModel], Any, TrainConfig, str]:
+                  flags: dict[str, Any], preset_file: str | None = None
+                  ) -> tuple[type[GenerativeModel], Any, TrainConfig, str]:
     """defaults < preset (the model's own default preset when none is named) < flags < --set.
     Every rule that does not need the data is checked here, before any data is read."""
     model_cls = get_model_class(model_name)
-    preset = preset or model_cls.default_preset
+    if preset and preset_file:
+        raise UserError("give --preset NAME or --preset-file PATH, not both")
+    preset = preset or (None if preset_file else model_cls.default_preset)
     model_values: dict[str, Any] = {}
     train_values: dict[str, Any] = {}
-    if preset:
-        data = load_preset(preset)
+    if preset or preset_file:
+        data = load_preset(preset) if preset else load_preset_file(preset_file)
+        preset = preset or str(preset_file)
         wanted = data.get("model_name")
         if wanted and wanted != model_name:
             raise UserError(f"preset {preset} is for model {wanted}, not {model_name}")
@@ -135,20 +152,69 @@ class TrainRequest:
     resume: str | None = None
     init_from: str | None = None
     overwrite: bool = False  # start again in a folder that holds a run (removes genlab's files)
+    preset_file: str | None = None  # a preset TOML file of the user's, instead of --preset
     command: str | None = None
 
 
 def train(req: TrainRequest) -> Path:
-    """Run (or resume) training and return the run folder."""
+    """Run (or resume) training and return the run folder.
+
+    Rank 0 holds the run folder's lock from before the first write to the end, so a second
+    process on the same folder is refused. A new run that fails before its first checkpoint
+    leaves nothing behind: genlab removes what it wrote (and the folder, if it made it)."""
     dist = DistContext.from_env()
+    for name in ("out", "resume", "init_from", "data_dir"):
+        if getattr(req, name) is not None:
+            check_path(getattr(req, name), f"--{name.replace('_', '-')}")
     if req.resume:
-        record, run_dir, start = _resume_record(req)
+        run_dir, record = Path(req.resume), read_run(req.resume)
+        _check_resume_flags(req)
+        made = False
     else:
-        record, run_dir, start = _new_record(req, dist.is_main), None, None
+        record = _new_record(req, dist.is_main)
+        run_dir = Path(record["run_dir"])
+        made = not run_dir.exists()
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir, command=req.command, enabled=dist.is_main)
+    with lock:
+        if lock.note:
+            log.warning(lock.note)
+        if dist.is_main:
+            refuse_symlinks(run_dir, RUN_SLOTS)
+            for path in sweep_orphans(run_dir):
+                log.info(f"removed {path}, left by an interrupted write")
+            if not req.resume:
+                check_new_run_dir(run_dir, overwrite=req.overwrite)  # again, now under the lock
+        try:
+            return _train(req, dist, run_dir, record)
+        except BaseException as e:
+            if dist.is_main and not req.resume and not (run_dir / "checkpoint").exists():
+                _remove_failed_run(run_dir, made, e)
+            raise
+
+
+def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str, Any]) -> Path:
+    start = found = None
+    changes: dict[str, list[Any]] = {}
+    if req.resume:
+        found = newest_valid_checkpoint(run_dir, set_aside=dist.is_main)
+        if found.note and dist.is_main:
+            log.warning(found.note)
+        start = found.state
+        for note in check_against_record(record, start, found.path):
+            log.info(note)
+        for warning in version_warnings(start):
+            log.warning(warning)
+        # the configs training uses are the verified checkpoint's, not run.json's
+        record["model_config"], record["train_config"] = start["model_config"], start[
+            "train_config"]
     model_cls = get_model_class(record["model"])
     modality = _run_modality(record, model_cls)
     model_config = config_from_dict(model_cls.config_class, record["model_config"], "model")
     train_cfg = config_from_dict(TrainConfig, record["train_config"], "train")
+    if req.resume:
+        train_cfg, changes = apply_resume_overrides(train_cfg, parse_overrides(req.overrides))
     device = dist.device(resolve_device(req.device))
     if dist.is_main:
         _warn_gpu_preset(record, device)
@@ -157,9 +223,7 @@ def train(req: TrainRequest) -> Path:
     init_state = None
     if req.init_from and start is None:
         init_state = read_state(Path(req.init_from) / "checkpoint")
-        if init_state["model"] != record["model"]:
-            raise UserError(f"--init-from: {req.init_from} holds a {init_state['model']} model, "
-                            f"not {record['model']}")
+        check_model_kind(init_state, record["model"], Path(req.init_from) / "checkpoint")
     # a fine-tuned run keeps its source's data-derived state (a text tokenizer): from the source
     # checkpoint at first, from its own (which holds the same) on resume
     source = init_state if init_state is not None else start
@@ -188,21 +252,23 @@ def train(req: TrainRequest) -> Path:
     model.set_precision(train_cfg.precision, device.type)
     optimizers = model.configure_optimizers(train_cfg)
     total = train_cfg.steps or max(1, int(train_cfg.epochs * prepared.batcher.steps_per_epoch))
-    if not record["train_config"].get("lr_decay_steps"):
-        train_cfg.lr_decay_steps = total  # a resumed run keeps the first launch's schedule
-    if req.resume:
-        total = req.steps if req.steps is not None else record["train_config"].get("steps") or total
-        train_cfg.steps = total
+    if not train_cfg.lr_decay_steps:
+        train_cfg.lr_decay_steps = total  # fixed at the first launch: a resume keeps it
     step, best = 0, None
-    if start is not None:
-        ckpt = run_dir / "checkpoint"
-        load_weights(ckpt, model)
-        load_optimizers(ckpt, optimizers, start)
-        dist.restore_rng(ckpt, seed=train_cfg.seed, step=start["step"])
+    if found is not None:
+        total = req.steps if req.steps is not None else total
+        train_cfg.steps = total
+        if total <= start["step"]:
+            raise UserError(f"--resume: the run is already at step {start['step']}; pass --steps "
+                            f"N with N > {start['step']} (N is the total number of steps)")
+        check_resume_schedule(train_cfg, total)
+        load_weights(found.path, model)
+        load_optimizers(found.path, optimizers, start)
+        dist.restore_rng(found.path, seed=train_cfg.seed, step=start["step"])
         step, best = start["step"], start.get("best_value")
-        if total <= step:
-            raise UserError(f"--resume: the run is already at step {step}; pass --steps N with N "
-                            f"> {step} (N is the total number of steps)")
+        record.setdefault("resumed", []).append(
+            {"from_step": step, "checkpoint": found.path.name, "command": req.command,
+             **({"changed": changes} if changes else {})})
         if dist.is_main:
             _trim_metrics(run_dir / METRICS_FILE, step)
     elif init_state is not None:
@@ -213,13 +279,11 @@ def train(req: TrainRequest) -> Path:
     record["model_config"] = config_to_dict(model_config)
     record["train_config"] = config_to_dict(train_cfg)
     record["environment"] = environment(device)
-    run_dir = run_dir or Path(record["run_dir"])
     if dist.is_main:
         if start is None and req.overwrite and (run_dir / RUN_FILE).is_file():
             removed = remove_outputs(run_dir)
             log.info(f"--overwrite: removed the {len(removed)} files and folders of the run "
                      f"that was in {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
         log.info(f"run folder: {run_dir}")
     ddp_step = dist.wrap(model, optimizers)
@@ -237,13 +301,17 @@ def train(req: TrainRequest) -> Path:
                 "modality": modality.name, "best_value": trainer.best_value,
                 "extras": model.checkpoint_extras()}
         save_checkpoint(run_dir / name, model, meta=meta,
-                        optimizers=optimizers if name == "checkpoint" else None, rng=rng)
+                        optimizers=optimizers if name == "checkpoint" else None, rng=rng,
+                        keep=KEEP if name == "checkpoint" else 1)
 
     hooks = Hooks(save=save,
                   sample=lambda at: modality.write_training_samples(model, run_dir, at,
                                                                     train_cfg.seed))
     if train_cfg.eval_every > 0:
-        made = modality.training_evaluator(model, prepared, record, data_dir, device)
+        # building the evaluator (a feature net's initial weights) must not move the random
+        # streams training depends on, restored from the checkpoint above
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            made = modality.training_evaluator(model, prepared, record, data_dir, device)
         if made is not None:
             hooks.evaluate, hooks.best_metric = made
             hooks.evaluate = dist.evaluate_together(hooks.evaluate, model)
@@ -258,21 +326,64 @@ def train(req: TrainRequest) -> Path:
         finished = True
     except KeyboardInterrupt:
         if dist.is_main:
-            log.info(f"interrupted at step {trainer.step}; checkpoint saved. Continue with: "
-                     f"genlab train --resume {run_dir} --steps {total}")
+            log.info(_stopped_message(trainer, run_dir, total))
+        raise
+    except NonFiniteLossError as e:
+        if trainer.saved_step is not None or step:
+            kept = trainer.saved_step if trainer.saved_step is not None else step
+            e.args = (f"{e}; the last good checkpoint (step {kept}) is kept: resume it with a "
+                      f"lower learning rate, e.g. genlab train --resume {run_dir} --set "
+                      f"train.lr={train_cfg.lr / 2:g}, or use --precision fp32",)
         raise
     finally:
-        if dist.is_main:
+        if dist.is_main and (run_dir / METRICS_FILE).is_file():
             plot_losses(read_metrics(run_dir / METRICS_FILE), run_dir / "loss.png",
                         keys=model.progress_keys)
         dist.close(synchronize=finished)
     return run_dir
 
 
+RUN_SLOTS = ("checkpoint", "checkpoint.prev-1", "best", METRICS_FILE, RUN_FILE, "samples",
+             "samples.png", "samples.txt", "loss.png", "tensorboard")  # never written through links
+
+
+def _stopped_message(trainer: Trainer, run_dir: Path, total: int) -> str:
+    """What is true after a stop: the checkpoint of this step, or the last one before it."""
+    if trainer.saved_step == trainer.step:
+        return (f"stopped at step {trainer.step}; checkpoint saved. Continue with: genlab train "
+                f"--resume {run_dir} --steps {total}")
+    if (run_dir / "checkpoint").exists():
+        at = f" (step {trainer.saved_step})" if trainer.saved_step is not None else ""
+        return (f"stopped at step {trainer.step} while saving: that checkpoint was not written; "
+                f"the previous one{at} is kept. Continue with: genlab train --resume {run_dir} "
+                f"--steps {total}")
+    return f"stopped at step {trainer.step} before any checkpoint was saved"
+
+
+def _remove_failed_run(run_dir: Path, made: bool, error: BaseException) -> None:
+    """A new run that ended before its first checkpoint: nothing of it can be resumed, so remove
+    what it wrote (never anything else), and the folder when this command made it."""
+    removed = remove_outputs(run_dir)
+    gone = False
+    if made:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+            gone = True
+    if not removed and not gone:
+        return
+    said = f"no checkpoint was saved, so genlab removed {'the run folder ' if gone else ''}"
+    said += f"{run_dir}" if gone else f"what it wrote in {run_dir}"
+    if isinstance(error, UserError) and error.args:
+        error.args = (f"{error.args[0]}; {said}",)
+    else:
+        log.info(said)
+
+
 def _warn_gpu_preset(record: dict[str, Any], device: torch.device) -> None:
     """A preset sized for a GPU on a CPU trains for hours with no sign of life: say so first."""
     name = record.get("preset")
-    if not name or load_preset(name).get("device") != "cuda" or device.type == "cuda":
+    if name not in preset_names() or load_preset(name).get("device") != "cuda" \
+            or device.type == "cuda":
         return
     others = [n for n in preset_names() if n != name
               and load_preset(n).get("model_name") == record["model"]
@@ -307,7 +418,8 @@ def _new_record(req: TrainRequest, is_main: bool) -> dict[str, Any]:
              "seed": req.seed, "precision": req.precision, "compile": req.compile,
              "eval_every": req.eval_every}
     model_cls, model_config, train_cfg, preset = build_configs(
-        req.model, preset=req.preset, overrides=req.overrides, flags=flags)
+        req.model, preset=req.preset, overrides=req.overrides, flags=flags,
+        preset_file=req.preset_file)
     if req.conditional and not model_cls.supports_conditional:
         raise UserError(f"model {req.model} has no conditional variant")
     modality = modality_for_data(req.data, model_cls)  # before any data is read
@@ -333,7 +445,8 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
         raise UserError("the run folder's path contains a NUL byte; choose another --out")
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
         raise UserError(f"{run_dir} exists and is not a folder; choose another --out")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+    if not entries:
         return
     others = foreign_entries(run_dir)
     shown = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
@@ -344,7 +457,7 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
                             "again (genlab then removes only the files it wrote"
                             + (f"; your {shown} stay)" if others else ")"))
         return
-    clash = [p.name for p in run_dir.iterdir() if p not in others]
+    clash = [p.name for p in entries if p not in others]
     if clash:
         raise UserError(f"{run_dir} holds {', '.join(sorted(clash)[:3])}, which genlab did not "
                         "write and a run would replace; move them or choose another --out")
@@ -354,17 +467,18 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
                         "files (genlab never removes them)")
 
 
-def _resume_record(req: TrainRequest) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+def _check_resume_flags(req: TrainRequest) -> None:
+    """`--resume` takes --steps, --data-dir, --device and `--set` of the settings that may change
+    (config.SAFE_ON_RESUME); everything else is the run's own."""
     extra = [name for name in ("model", "data", "batch_size", "seed", "precision", "preset",
-                               "init_from", "epochs", "out", "eval_every")
+                               "preset_file", "init_from", "epochs", "out", "eval_every",
+                               "compile")
              if getattr(req, name) not in (None, False)]
-    if req.overrides or req.conditional or extra:
-        given = extra + (["--set"] if req.overrides else []) + (
-            ["--conditional"] if req.conditional else [])
-        raise UserError(f"--resume continues a run as it was configured; it takes only --steps, "
-                        f"--data-dir and --device (got {', '.join(given)})")
-    run_dir = Path(req.resume)
-    record = read_run(run_dir)
-    state = read_state(resolve_checkpoint(run_dir / "checkpoint"))
-    record.setdefault("resumed", []).append({"from_step": state["step"], "command": req.command})
-    return record, run_dir, state
+    if req.conditional or req.overwrite or extra:
+        given = [f"--{name.replace('_', '-')}" for name in extra] + (
+            ["--conditional"] if req.conditional else []) + (
+            ["--overwrite"] if req.overwrite else [])
+        raise UserError(f"--resume continues a run as it was configured; it takes --steps, "
+                        f"--data-dir, --device and --set of {', '.join(sorted(SAFE_ON_RESUME))} "
+                        f"(got {', '.join(given)})")
+    check_resume_overrides(parse_overrides(req.overrides))

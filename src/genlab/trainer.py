@@ -24,6 +24,7 @@ import torch
 from genlab.config import TrainConfig
 from genlab.distributed import DistContext
 from genlab.errors import NonFiniteLossError, StopRequested
+from genlab.files import append_line
 from genlab.log import get_logger
 from genlab.models.base import GenerativeModel
 
@@ -171,8 +172,7 @@ class Trainer:
     def _log(self, row: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
         if self._tensorboard is None:
             self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
         if self._tensorboard:

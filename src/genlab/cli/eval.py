@@ -9,6 +9,7 @@ import click
 
 from genlab.cli.app import cli, command_line
 from genlab.errors import UserError
+from genlab.limits import SEED
 
 EVAL_EXAMPLES = """\b
 Examples:
@@ -24,7 +25,7 @@ Examples:
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--n", "n", default=10000, show_default=True, type=click.IntRange(min=1),
               help="Images per side (capped at the size of the real reference).")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the samples and of every subset drawn.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print exactly one JSON object on stdout (messages go to stderr).")
@@ -92,7 +93,7 @@ Examples:
 """)
 @click.argument("dataset")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the dataset's recipe.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Where to write the net (default DATASET.safetensors).")

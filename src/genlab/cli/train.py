@@ -8,6 +8,7 @@ import click
 
 from genlab.cli.app import cli, command_line
 from genlab.errors import UserError
+from genlab.limits import SEED, FiniteFloat
 
 DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 
@@ -30,12 +31,12 @@ Examples:
 @click.option("--steps", type=click.IntRange(min=1), help="Total optimizer steps [default: the "
               "preset's, e.g. 5000 for shakespeare-char; the gan, dcgan and vae presets set none, "
               "so give --steps or --epochs].")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True),
+@click.option("--epochs", type=FiniteFloat(min=0, min_open=True),
               help="Train for this many passes over the data (instead of --steps).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run folder (default runs/<model>-<data>-<timestamp>/).")
-@click.option("--seed", type=int, help="Seed for every random choice (default 0).")
+@click.option("--seed", type=SEED, help="Seed for every random choice, 0..2^63-1 [default: 0].")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
@@ -46,7 +47,9 @@ Examples:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the networks.")
 @click.option("--eval-every", type=click.IntRange(min=0), help="Evaluate every N steps and keep "
               "the best checkpoint in best/ [default: the preset's, else 0 = off].")
-@click.option("--preset", help="A preset of the model (see genlab models).")
+@click.option("--preset", help="A preset of the model, by name (see genlab models).")
+@click.option("--preset-file", type=click.Path(dir_okay=False),
+              help="A preset of your own: a TOML file with [model] and [train] tables.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set model.loss=hinge --set train.lr=1e-4.")
 @click.option("--conditional", is_flag=True, help="Class-conditional model (labels from the data).")
@@ -63,7 +66,7 @@ def train(model: str | None, data: str | None, data_dir: str | None, steps: int 
           epochs: float | None, batch_size: int | None, out: str | None, seed: int | None,
           device: str, precision: str | None, compile_: bool | None, eval_every: int | None,
           preset: str | None, overrides: tuple[str, ...], conditional: bool, resume: str | None,
-          init_from: str | None, overwrite: bool) -> None:
+          init_from: str | None, overwrite: bool, preset_file: str | None) -> None:
     """Train MODEL on a dataset; writes checkpoints, samples, metrics.jsonl and loss.png."""
     from genlab.distributed import is_main_process
     from genlab.runs import TrainRequest
@@ -75,7 +78,8 @@ def train(model: str | None, data: str | None, data_dir: str | None, steps: int 
                        batch_size=batch_size, out=out, seed=seed, device=device,
                        precision=precision, compile=compile_, eval_every=eval_every, preset=preset,
                        overrides=overrides, conditional=conditional, resume=resume,
-                       init_from=init_from, overwrite=overwrite, command=command_line())
+                       init_from=init_from, overwrite=overwrite, preset_file=preset_file,
+                       command=command_line())
     run_dir = run_training(req)
     if is_main_process():  # under torchrun, rank 0 reports for all
         _print_outputs(run_dir)
@@ -96,7 +100,7 @@ Example:
 """)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--steps", type=click.IntRange(min=1), help="Override the demo's step count.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--overwrite", is_flag=True, help="Use an --out folder that holds other files or "

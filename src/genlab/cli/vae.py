@@ -8,6 +8,7 @@ import click
 
 from genlab.cli.app import cli
 from genlab.errors import UserError
+from genlab.limits import SEED
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +69,7 @@ def _vae_options(fn: Any) -> Any:
                      help="Folder holding the dataset's files."),
         click.option("--split", default="test", show_default=True,
                      type=click.Choice(["test", "train"])),
-        click.option("--seed", default=0, show_default=True, type=int,
+        click.option("--seed", default=0, show_default=True, type=SEED,
                      help="Picks the images (and binarizes them for a stochastic Bernoulli VAE)."),
         click.option("--which", default="checkpoint", show_default=True,
                      type=click.Choice(["checkpoint", "best"])),

@@ -18,6 +18,7 @@ from genlab.data.idx import write_idx
 from genlab.errors import UserError
 from genlab.generation import GenerationRequest, balanced_labels, check_request
 from genlab.images import grid_png, image_pngs, npz_bytes, to_uint8, write_bytes
+from genlab.limits import derive_seed
 from genlab.modalities.base import Modality, Prepared, Samples, TrainingEvaluator
 from genlab.models.base import GenerativeModel
 
@@ -49,7 +50,7 @@ class ImageBatcher:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
             self._perm = torch.randperm(self.images.shape[0], generator=g).to(self.device)
             self._epoch = epoch
         return self._perm

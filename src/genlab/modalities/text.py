@@ -108,6 +108,8 @@ class TextModality(Modality):
                 raise
             raise UserError(f"--init-from: {spec} must be encoded with the source model's "
                             f"{fixed.kind} tokenizer, and {e}") from None
+        if data.note:
+            log.warning(data.note)
         model_config = model_cls.config_for_data(model_config, data, conditional=conditional)
         check_split(data.val, model_config.block_size, "validation")  # before any training
         batcher = TextBatcher(data.train, model_config.block_size, train.batch_size, train.seed,
