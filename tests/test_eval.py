@@ -178,14 +178,13 @@ def test_eval_conditional_run_scores_class_accuracy(tmp_path, train_tiny, run_cl
     assert report["floor"]["class_accuracy"] >= 0.9  # real images of the requested class
 
 
-def test_eval_run_without_feature_net_notes_it(tiny_run, tmp_path, run_cli):
+def test_eval_run_without_feature_net_says_what_works(tiny_run, tmp_path, run_cli):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     code, out, err = run_cli("eval", run, "--json")
-    assert code == 0, err
-    report = _json(out)
-    assert report["fd"] is None and report["feature_net"] is None and report["floor"] is None
-    assert "no feature net" in err and any("no feature net" in n for n in report["notes"])
+    assert code == 2 and out == "" and "no feature net for idx:" in err
+    assert "--real fashion-mnist" in err and "--feature-net" in err
+    assert not (run / "eval.json").exists()
 
 
 # --- genlab eval --fake ---------------------------------------------------------------------------

@@ -335,9 +335,9 @@ def test_resume_is_exact(tmp_path, text_file):
 
 # --- fine-tuning on another text ------------------------------------------------------------------
 
-def _train_char(out: Path, text: Path, steps: int, **request) -> Path:
+def _train_char(out: Path, text: Path, steps: int, overrides: tuple = (), **request) -> Path:
     req = TrainRequest(model="gpt", data=f"text:{text}", steps=steps, batch_size=4, out=str(out),
-                       device="cpu", overrides=(*TINY_SET, *TRAIN_SET), **request)
+                       device="cpu", overrides=(*TINY_SET, *TRAIN_SET, *overrides), **request)
     return train(req)
 
 
@@ -346,7 +346,8 @@ def test_init_from_keeps_the_source_tokenizer(tmp_path):
     source = _train_char(tmp_path / "src", source_text, 2)
     # a text using fewer characters: its own char vocabulary would be smaller and in another order
     subset = write(tmp_path / "b.txt", "the dog jumps over the fox.\n" * 20)
-    tuned = _train_char(tmp_path / "tuned", subset, 3, init_from=str(source))
+    tuned = _train_char(tmp_path / "tuned", subset, 3, init_from=str(source),
+                        overrides=("train.lr_decay_steps=4",))
     source_tok = json.loads((source / "checkpoint" / "state.json").read_text())["extras"]
     tuned_tok = json.loads((tuned / "checkpoint" / "state.json").read_text())["extras"]
     assert tuned_tok == source_tok

@@ -162,8 +162,10 @@ def test_same_seed_same_bytes_other_seed_other_bytes(train_tiny, tmp_path: Path)
 def test_resume_needs_more_steps_and_no_new_settings(tiny_run: Path) -> None:
     with pytest.raises(UserError, match="already at step 4"):
         _resume(tiny_run, 4)
-    with pytest.raises(UserError, match="--set"):
-        train(TrainRequest(resume=str(tiny_run), steps=8, overrides=("train.lr=1",)))
+    with pytest.raises(UserError, match=r"cannot change train\.batch_size"):
+        train(TrainRequest(resume=str(tiny_run), steps=8, overrides=("train.batch_size=4",)))
+    with pytest.raises(UserError, match="--resume continues a run as it was configured"):
+        train(TrainRequest(resume=str(tiny_run), steps=8, seed=3))
 
 
 # --- divergence -----------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_init_from_loads_weights_with_a_fresh_optimizer(tiny_run: Path, train_ti
 
 
 def test_init_from_checks_the_model(tiny_run: Path, train_tiny, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="holds a dcgan model, not gan"):
+    with pytest.raises(UserError, match="holds a dcgan model, not a gan"):
         train_tiny(tmp_path / "x", model="gan", init_from=str(tiny_run))
     with pytest.raises(UserError, match="do not fit"):
         train_tiny(tmp_path / "y", init_from=str(tiny_run), overrides=("model.ngf=8",))
@@ -247,12 +249,18 @@ def test_lr_decay_steps_recorded_and_kept_on_resume(train_tiny, tmp_path: Path) 
     run = train_tiny(tmp_path / "cos", steps=3, overrides=("train.lr_schedule=cosine",
                                                            "train.lr=1e-3"))
     assert json.loads((run / "run.json").read_text())["train_config"]["lr_decay_steps"] == 3
-    _resume(run, 5)
+    with pytest.raises(UserError, match="floor learning rate"):  # never silently at the floor
+        _resume(run, 5)
+    train(TrainRequest(resume=str(run), steps=5, device="cpu",
+                       overrides=("train.lr_decay_steps=5",)))
     record = json.loads((run / "run.json").read_text())
-    assert record["train_config"]["lr_decay_steps"] == 3  # the first launch's schedule
+    assert record["train_config"]["lr_decay_steps"] == 5  # stretched, and recorded
     lrs = [r["lr"] for r in _rows(run)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[1] < lrs[0]
-    assert lrs[3:] == pytest.approx([1e-4, 1e-4])  # past the schedule's end: the floor
+    # from step 3 on, the curve of a 5-step schedule: above its floor until the end
+    assert lrs[3] == pytest.approx(get_lr(3, TrainConfig(lr=1e-3, lr_schedule="cosine",
+                                                         lr_decay_steps=5), 5))
+    assert lrs[3] > lrs[4] > 1e-4
 
 
 @pytest.mark.parametrize("hardware_bf16", [True, False])

@@ -22,6 +22,7 @@ from genlab.config import config_from_dict
 from genlab.devices import resolve_device
 from genlab.errors import UserError
 from genlab.models import GenerativeModel, get_model_class
+from genlab.runlock import LOCK_FILE
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -34,7 +35,7 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizers.safetensors", "rng.safetens
                     "state.json", "manifest.json")
 OUTPUT_FILES = (RUN_FILE, METRICS_FILE, "samples.png", "samples.txt", "samples.wav", "loss.png",
                 "eval.json", "eval_best.json", "audit.json", "audit_copies.png", "utility.json",
-                "utility.md", ".genlab.lock")
+                "utility.md", LOCK_FILE)
 OUTPUT_DIRS = {"samples": ("step_*",), "tensorboard": ("events.out.tfevents.*",),
                **{name: CHECKPOINT_FILES for name in CHECKPOINTS}}
 # kept older checkpoints and the temporaries of interrupted writes
@@ -158,7 +159,7 @@ def remove_outputs(run_dir: str | os.PathLike) -> list[Path]:
     run_dir = Path(run_dir)
     removed = []
     for entry in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
-        if not _is_output(entry):
+        if not _is_output(entry) or entry.name == LOCK_FILE:  # the lock of the caller: it stays
             continue
         if entry.is_dir():
             patterns = OUTPUT_DIRS.get(entry.name, ("*",))  # kept checkpoints, temporaries

@@ -177,21 +177,27 @@ def train(req: TrainRequest) -> Path:
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir, command=req.command, enabled=dist.is_main)
-    with lock:
-        if lock.note:
-            log.warning(lock.note)
-        if dist.is_main:
-            refuse_symlinks(run_dir, RUN_SLOTS)
-            for path in sweep_orphans(run_dir):
-                log.info(f"removed {path}, left by an interrupted write")
-            if not req.resume:
-                check_new_run_dir(run_dir, overwrite=req.overwrite)  # again, now under the lock
-        try:
-            return _train(req, dist, run_dir, record)
-        except BaseException as e:
-            if dist.is_main and not req.resume and not (run_dir / "checkpoint").exists():
-                _remove_failed_run(run_dir, made, e)
-            raise
+    removed: list[Path] | None = None  # what a failed new run removed again
+    try:
+        with lock:
+            if lock.note:
+                log.warning(lock.note)
+            if dist.is_main:
+                refuse_symlinks(run_dir, RUN_SLOTS)
+                for path in sweep_orphans(run_dir):
+                    log.info(f"removed {path}, left by an interrupted write")
+                if not req.resume:
+                    check_new_run_dir(run_dir, overwrite=req.overwrite)  # again, under the lock
+            try:
+                return _train(req, dist, run_dir, record)
+            except BaseException:
+                if dist.is_main and not req.resume and not (run_dir / "checkpoint").exists():
+                    removed = remove_outputs(run_dir)  # still under the lock
+                raise
+    except BaseException as e:
+        if removed is not None:
+            _said_removed(run_dir, made, removed, e)
+        raise
 
 
 def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str, Any]) -> Path:
@@ -360,10 +366,10 @@ def _stopped_message(trainer: Trainer, run_dir: Path, total: int) -> str:
     return f"stopped at step {trainer.step} before any checkpoint was saved"
 
 
-def _remove_failed_run(run_dir: Path, made: bool, error: BaseException) -> None:
-    """A new run that ended before its first checkpoint: nothing of it can be resumed, so remove
-    what it wrote (never anything else), and the folder when this command made it."""
-    removed = remove_outputs(run_dir)
+def _said_removed(run_dir: Path, made: bool, removed: list[Path], error: BaseException) -> None:
+    """A new run that ended before its first checkpoint had nothing to resume, so what it wrote
+    was removed (never anything else); now the folder too, when this command made it (the lock
+    is released: the folder is empty), and the error says so."""
     gone = False
     if made:
         with contextlib.suppress(OSError):

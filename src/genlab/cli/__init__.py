@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"genlab: error: {_one_line(e.format_message())}", err=True)
         sys.exit(e.exit_code)
     except (click.Abort, KeyboardInterrupt) as e:
-        signum = e.signum if isinstance(e, StopRequested) else 2  # SIGINT
+        stop = e if isinstance(e, StopRequested) else e.__cause__  # click wraps it in Abort
+        signum = stop.signum if isinstance(stop, StopRequested) else 2  # SIGINT
         click.echo("genlab: interrupted" if signum == 2 else f"genlab: stopped by signal {signum}",
                    err=True)
         sys.exit(128 + signum)
