@@ -319,3 +319,15 @@ def test_eval_every_vae_without_feature_net_tracks_val_neg_elbo(tmp_path, train_
     assert len(values) == 2 and all(v > 0 for v in values)
     best = json.loads((run / "best" / "state.json").read_text())
     assert best["best_value"] == min(values)
+
+
+def test_fewer_samples_than_feature_dimensions_are_marked(digits_run, tmp_path, run_cli):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    code, out, err = run_cli("eval", run, "--n", "20", "--json")
+    assert code == 0, err
+    report = _json(out)
+    assert report["small_sample"] is True and "warning: only 20 images per side" in err
+    assert any("unreliable" in note for note in report["notes"])
+    code, out, err = run_cli("eval", run, "--n", "200", "--json")
+    assert code == 0 and _json(out)["small_sample"] is False and "unreliable" not in err

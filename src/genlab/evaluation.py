@@ -198,7 +198,7 @@ def image_metrics(real: Features, fake: Features, num_classes: int, seed: int,
 
 def empty_report(n: int, seed: int, command: str | None) -> dict[str, Any]:
     return {**dict.fromkeys(IMAGE_KEYS), "floor": None, "n": n, "seed": seed,
-            "feature_net": None, "real": None,
+            "feature_net": None, "real": None, "small_sample": False,
             "provenance": {"genlab": __version__, "step": None, "command": command},
             "notes": []}
 
@@ -213,6 +213,14 @@ def compare(net: FeatureNet, fake_images: torch.Tensor, fake_labels: torch.Tenso
         _note(notes, log, f"note: labels go up to {int(fake_labels.max())} but the feature net "
                           f"has {k} classes; class_accuracy skipped")
         fake_labels = None
+    dim = net.config.feature_dim
+    if n < dim:
+        # the covariances of FD are then singular and KID's estimate wide: at n=6 the real-vs-real
+        # floor scored worse than a model did. Reported, but marked and said loudly
+        report["small_sample"] = True
+        _note(notes, log, f"warning: only {n} images per side, fewer than the {dim} feature "
+                          "dimensions: FD, KID and the floor are unreliable at this size; use "
+                          f"--n {dim} or more (the default is 10000)")
     t0 = time.perf_counter()
     log(f"features of {n} real ({reference.label()}) and {len(fake_images)} generated images "
         f"({net.name} net), then FD, KID, precision/recall, density/coverage")
