@@ -13,7 +13,7 @@ import torch
 from genlab.config import TrainConfig, config_from_dict
 from genlab.generation import GenerationRequest
 from genlab.modalities import MODALITIES, generate
-from genlab.modalities.image import image_call, image_samples
+from genlab.modalities.image import ImageSamples, image_call, image_samples
 from genlab.models import MODELS, GenerativeModel
 from genlab.models.base import SampleCall, forward_in_passes
 
@@ -63,7 +63,8 @@ def test_a_call_does_not_depend_on_its_batch_mates(name, modality_name, tiny_spe
     assert torch.equal(others[0], together[0])
 
 
-@pytest.mark.parametrize("name", [n for n, m in PAIRS if MODELS[n].modality == "image"])
+@pytest.mark.parametrize("name", [n for n, m in PAIRS
+                                  if issubclass(MODALITIES[m].samples_class, ImageSamples)])
 def test_shared_passes_draw_the_randomness_of_sample(name, tiny_specs):
     """The same labels and (up to float rounding at another batch size) the same images as
     `sample`: the noise of each call comes from its own generator in sample's order."""
