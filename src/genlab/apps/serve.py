@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import itertools
 import re
+import signal
 import socket
 import time
 from collections import deque
@@ -126,6 +127,7 @@ def create_app(runs: list[RunSpec], settings: ServeSettings | None = None,
             await served.queue.stop()
 
     app = FastAPI(title="genlab serve", version=__version__, lifespan=lifespan, docs_url=None,
+                  redirect_slashes=False,
                   redoc_url=None, openapi_url="/openapi.json",
                   description="Generate with trained genlab models. Errors are JSON "
                               "`{\"error\": {\"message\", \"type\", \"param\"}}`.")
@@ -329,8 +331,8 @@ async def _events(state: ServerState, stream: TextStream, head: dict[str, Any],
                 return
             yield {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
         reason = "gone"
-    finally:
-        _finish(state, stream, reason)
+    finally:  # also when the response stops early, its client gone
+        _finish(state, stream, "gone" if gone.is_set() else reason)
 
 
 def _finish(state: ServerState, stream: TextStream, reason: str) -> None:
@@ -518,6 +520,10 @@ def serve(runs: list[str], *, runs_dir: str | None = None, host: str = "127.0.0.
         def handle_exit(self, sig: int, frame: Any) -> None:
             app.state.genlab.draining = True  # /readyz says 503 while the last requests finish
             super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM and sig in getattr(self, "_captured_signals", []):
+                # uvicorn raises the signal again once drained (the process would die of it):
+                # a drained server exits 0; Ctrl-C still ends as an interrupt
+                self._captured_signals.remove(sig)
 
     server = Server(uvicorn.Config(app, log_level="info", server_header=False, lifespan="on",
                                    timeout_graceful_shutdown=drain_s))
@@ -528,6 +534,7 @@ def serve(runs: list[str], *, runs_dir: str | None = None, host: str = "127.0.0.
     server.run(sockets=[sock])
     if fatal:
         raise UserError(f"cannot serve {fatal[0]}")
+    log.info("genlab serve: stopped")
 
 
 def _listen(host: str, port: int) -> socket.socket:

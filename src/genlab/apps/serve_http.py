@@ -13,7 +13,7 @@ import binascii
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -251,7 +251,7 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: Callable[[asyncio.Event], AsyncIterator[Any]],
+    def __init__(self, events: Callable[[asyncio.Event], AsyncGenerator[Any, None]],
                  headers: dict[str, str] | None = None) -> None:
         # no body of its own (so no Content-Length); `__call__` sends the events
         super().__init__(iter(()), headers={"cache-control": "no-cache",
@@ -261,13 +261,15 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone, watcher = watch_disconnect(receive)
+        events = self.events(gone)
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
-            async for event in self.events(gone):
+            async for event in events:
                 if gone.is_set():
                     break
-                data = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+                data = json.dumps(event, ensure_ascii=False, allow_nan=False,
+                                  separators=(",", ":"))
                 await send({"type": "http.response.body", "more_body": True,
                             "body": f"data: {data}\n\n".encode()})
             if not gone.is_set():
@@ -275,3 +277,4 @@ class EventStream(StreamingResponse):
                             "more_body": False})
         finally:
             watcher.cancel()
+            await events.aclose()  # the producer's cleanup runs now, not when collected
