@@ -83,6 +83,12 @@ ERRORS = {401: "missing or wrong token", 403: "a refused host or origin",
           504: "past the request deadline"}
 
 
+# one server-sent event of a streamed completion (OpenAPI < 3.2: the schema of each event)
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "a text_completion chunk "
+                                     "as JSON, or [DONE] last"}, "event": {"type": "string"}}}
+
+
 @dataclass
 class ServeSettings:
     token: str | None = None  # required on every route but /livez when set
@@ -262,7 +268,7 @@ def _add_model_routes(app: FastAPI, state: ServerState, settings: ServeSettings)
               openapi_extra=_body("CompletionsRequest"),
               responses={200: {"model": CompletionsResponse, "description": "the text; with "
                                "stream: true, server-sent events",
-                               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                               "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                          **_errors(401, 403, 404, 413, 422, 429, 503, 504)})
     async def completions(request: Request) -> Response:
         deadline = time.monotonic() + settings.timeout_s
@@ -463,6 +469,17 @@ def _openapi(app: FastAPI, state: ServerState, runs: list[RunSpec],
             tokens = body["properties"]["max_tokens"]["anyOf"][0]
             tokens["maximum"] = settings.max_tokens
         components[cls.__name__] = body
+    if settings.token:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http",
+                                                             "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        schema["paths"]["/livez"]["get"]["security"] = []  # the one open route
+        for item in schema["paths"].values():
+            for operation in item.values():
+                if operation.get("security") != []:
+                    operation.setdefault("responses", {}).setdefault(
+                        "401", {"description": ERRORS[401], "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
     if state.ready:
         app.openapi_schema = schema  # final once the models are known
     return schema
