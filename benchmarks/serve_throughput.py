@@ -1,8 +1,9 @@
 """Images/s and latency of `genlab serve` at 1, 8 and 32 concurrent clients, micro-batching on and
-off, in one process: the server (the real app under uvicorn, on 127.0.0.1) in a thread, the clients
-in threads, each with one keep-alive connection, sending `{"model", "n", "seed"}` requests back to
-back. Batching is switched on the same server between rounds, so both modes see the same model,
-machine and moment; rounds alternate (on, off, on, off, ...).
+off, on one server: the real app under uvicorn on 127.0.0.1, in this process; the clients (threads
+with one keep-alive connection each, sending `{"model", "n", "seed"}` requests back to back) in a
+child process, so that they do not share the server's interpreter. Batching is switched on the same
+server between rounds, so both modes see the same model, machine and moment; rounds alternate
+(on, off, on, off, ...).
 
     .venv/bin/python benchmarks/serve_throughput.py --run runs/fmnist-dcgan
     .venv/bin/python benchmarks/serve_throughput.py --train-steps 300      # trains one first
@@ -21,6 +22,7 @@ import http.client
 import json
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +53,14 @@ def start(run: str, threads: int) -> tuple[uvicorn.Server, int, object]:
 
 
 def round_of(port: int, name: str, clients: int, seconds: float, n: int) -> dict:
+    """A round of clients in a child process (this script with --client-port)."""
+    out = subprocess.run([sys.executable, __file__, "--client-port", str(port), "--model", name,
+                          "--clients", str(clients), "--seconds", str(seconds), "--n", str(n)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def clients_round(port: int, name: str, clients: int, seconds: float, n: int) -> dict:
     """`clients` threads send requests for `seconds`; latencies of each answer."""
     stop = time.monotonic() + seconds
     latencies: list[float] = []
@@ -126,7 +136,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1, help="images per request")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads of the server")
+    parser.add_argument("--client-port", type=int, help=argparse.SUPPRESS)  # the child's side
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client_port:
+        print(json.dumps(clients_round(args.client_port, args.model, args.clients[0],
+                                       args.seconds, args.n)))
+        return
     run = args.run or train_run(args.train_steps)
     server, port, app = start(run, args.threads)
     served = next(iter(app.state.genlab.models.values()))

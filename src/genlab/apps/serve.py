@@ -164,9 +164,10 @@ async def _load_all(runs: list[RunSpec], settings: ServeSettings, state: ServerS
                                              which=settings.which)
         except (UserError, OSError) as e:
             state.failed = f"{spec.path}: {e}"
-            log.error(f"genlab serve: cannot serve {state.failed}")
-            if on_fatal is not None:
-                on_fatal(state.failed)
+            if on_fatal is None:
+                log.error(f"genlab serve: cannot serve {state.failed}")
+            else:
+                on_fatal(state.failed)  # the command line stops and says it
             return
         served.queue = ModelQueue(served.model, batching=settings.batching,
                                   window_s=settings.batch_window_s,
