@@ -28,22 +28,26 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-import torch
-import uvicorn
-
-from genlab.apps.serve import ServeSettings, create_app
-from genlab.apps.serve_models import find_runs
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
+# torch, uvicorn and genlab are imported by the server's side only: the clients' child process
+# starts in a fraction of a second
 
 
-def start(run: str, threads: int) -> tuple[uvicorn.Server, int, object]:
+def start(run: str, threads: int, http: str) -> tuple[Any, int, Any]:
+    import torch
+    import uvicorn
+
+    from genlab.apps.serve import ServeSettings, create_app
+    from genlab.apps.serve_models import find_runs
+
     torch.set_num_threads(threads)
     app = create_app(find_runs([run], None), ServeSettings(max_queue=1024, timeout_s=600))
     sock = socket.socket()
     sock.bind((LOOPBACK, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           http=http, loop="auto" if http != "h11" else "asyncio"))
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not app.state.genlab.ready:
         if app.state.genlab.failed:
@@ -96,8 +100,10 @@ def clients_round(port: int, name: str, clients: int, seconds: float, n: int) ->
             "latencies": ordered}
 
 
-def pass_cost(model: torch.nn.Module, repeats: int = 20) -> dict:
+def pass_cost(model: Any, repeats: int = 20) -> dict:
     """ms of one sample_many pass (sample_pass_rows rows) against a native batch-1 forward."""
+    import torch
+
     from genlab.models.base import SampleCall
 
     def timed(fn) -> float:
@@ -134,8 +140,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per (clients, mode)")
     parser.add_argument("--n", type=int, default=1, help="images per request")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads of the server")
+    parser.add_argument("--threads", type=int, help="torch threads of the server (default: "
+                        "torch's)")
+    parser.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                        help="uvicorn's HTTP parser (auto: httptools, with uvloop, if installed)")
     parser.add_argument("--client-port", type=int, help=argparse.SUPPRESS)  # the child's side
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,8 +151,11 @@ def main() -> None:
         print(json.dumps(clients_round(args.client_port, args.model, args.clients[0],
                                        args.seconds, args.n)))
         return
+    import torch
+
+    args.threads = args.threads or torch.get_num_threads()
     run = args.run or train_run(args.train_steps)
-    server, port, app = start(run, args.threads)
+    server, port, app = start(run, args.threads, args.http)
     served = next(iter(app.state.genlab.models.values()))
     queue = served.queue
     results: dict[tuple[int, bool], list[dict]] = {}
@@ -163,6 +174,7 @@ def main() -> None:
         latencies = sorted(x for o in rounds for x in o["latencies"])
         wall = sum(o["wall"] for o in rounds)
         row = {"clients": clients, "batching": batching, "n": args.n, "threads": args.threads,
+               "http": args.http,
                "images_per_s": round(args.n * len(latencies) / wall, 1),
                "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
                "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),

@@ -97,7 +97,7 @@ class ServeSettings:
     device: str = "cpu"
     which: str = "checkpoint"  # or "best"
     batching: bool = True  # micro-batch concurrent image requests of one model
-    batch_window_s: float = 0.002  # how long an idle worker waits for a request's batch-mates
+    batch_window_s: float = 0.01  # at most this long a worker waits for a pass to fill
     max_batch_images: int = 64  # images per sample_many call (in passes of sample_pass_rows)
     max_queue: int = 64  # requests waiting per model; beyond: 429
     max_streams: int = 16  # text requests at once per model; beyond: 429
@@ -252,18 +252,24 @@ def _add_model_routes(app: FastAPI, state: ServerState, settings: ServeSettings)
                 n=body.n, seed=body.seed, label=body.label, options=options))
         except UserError as e:
             raise _request_error(e) from None
-        result = await _wait(request, served, served.queue.submit_call(call), deadline, settings)
-        samples = image_samples(call, result, nrow)
+        grid = body.response_format == "png_grid"
+
+        def encode(images: Any) -> Any:  # on the model's worker, right after the pass
+            samples = image_samples(call, images, nrow)
+            if grid:
+                return samples.encode("png_grid")
+            labels = samples.labels.tolist() if samples.labels is not None else [None] * r.n
+            return [{"b64_json": base64.b64encode(png).decode(), "label": y}
+                    for png, y in zip(samples.pngs(), labels)]
+
+        result = await _wait(request, served, served.queue.submit_call(call, encode), deadline,
+                             settings)
         headers = {"x-genlab-model-sha256": served.sha256, "x-genlab-seed": str(r.seed)}
-        if body.response_format == "png_grid":
-            png = await asyncio.to_thread(samples.encode, "png_grid")
-            return Response(png, media_type="image/png", headers=headers)
-        pngs = await asyncio.to_thread(samples.pngs)
-        labels = samples.labels.tolist() if samples.labels is not None else [None] * len(pngs)
+        if grid:
+            return Response(result, media_type="image/png", headers=headers)
         return JSONResponse({"created": int(time.time()), "model": served.name,
-                             "model_sha256": served.sha256, "seed": r.seed,
-                             "data": [{"b64_json": base64.b64encode(p).decode(), "label": y}
-                                      for p, y in zip(pngs, labels)]}, headers=headers)
+                             "model_sha256": served.sha256, "seed": r.seed, "data": result},
+                            headers=headers)
 
     @app.post("/v1/completions", response_model=None, summary="Text from a text model",
               openapi_extra=_body("CompletionsRequest"),

@@ -5,9 +5,9 @@ Every model has one worker thread; all its forward passes run there, so two requ
 the model's tensors at once and the event loop stays free to accept and refuse requests.
 
 - Image requests (`submit_call`) wait in a bounded queue. When the worker is free it takes the
-  oldest one, waits `window_s` for others to arrive (only while the queue holds fewer than
-  `max_images` images), and makes every call it took with one `model.sample_many`: one set of
-  forward passes for all of them, each call with its own generator. `model.sample_pass_rows` fixes
+  oldest one, waits a little for others while they keep arriving (`_gather`), and makes every
+  call it took with one `model.sample_many`: one set of forward passes for all of them, each call
+  with its own generator. `model.sample_pass_rows` fixes
   the size of every pass, so a request's bytes do not depend on the requests beside it.
 - Other jobs (`submit_fn`, e.g. a whole audio request) run alone, in the same queue.
 - Text (`TextStream`) is queued, not batched: each request steps its own generator one token at a
@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from genlab.models.base import GenerativeModel, SampleCall
+
+QUIET_S = 0.001  # a gathering batch starts once no request arrived for this long
 
 
 class Overloaded(Exception):
@@ -56,6 +58,9 @@ class Job:
     future: asyncio.Future
     images: int = 0  # rows it adds to a pass
     dropped: bool = False  # its client left or its deadline passed before it started
+    # what the worker does with the call's samples before answering (encoding them as PNGs
+    # there saves the request a trip through another thread)
+    finish: Callable[[Any], Any] | None = None
 
 
 @dataclass
@@ -67,7 +72,7 @@ class QueueStats:
 
 
 class ModelQueue:
-    def __init__(self, model: GenerativeModel, *, batching: bool = True, window_s: float = 0.002,
+    def __init__(self, model: GenerativeModel, *, batching: bool = True, window_s: float = 0.01,
                  max_images: int = 64, max_waiting: int = 64) -> None:
         self.model = model
         self.batching, self.window_s = batching, window_s
@@ -80,6 +85,7 @@ class ModelQueue:
         self._pass_seconds = 0.05  # running estimate, for Retry-After
         self._task: asyncio.Task | None = None
         self.streams = 0  # text streams open now
+        self._arrivals = 0  # jobs ever submitted (the gathering watches it)
 
     # --- the event loop side ---------------------------------------------------------------------
 
@@ -94,8 +100,10 @@ class ModelQueue:
                 job.future.cancel()
         self.executor.shutdown(wait=True)
 
-    def submit_call(self, call: SampleCall) -> Job:
-        return self._submit(Job(call, None, asyncio.get_running_loop().create_future(), call.n))
+    def submit_call(self, call: SampleCall, finish: Callable[[Any], Any] | None = None) -> Job:
+        """Queue an image call; its result is `finish(samples)` (or the samples)."""
+        return self._submit(Job(call, None, asyncio.get_running_loop().create_future(), call.n,
+                                finish=finish))
 
     def submit_fn(self, fn: Callable[[], Any]) -> Job:
         return self._submit(Job(None, fn, asyncio.get_running_loop().create_future()))
@@ -106,6 +114,7 @@ class ModelQueue:
             self.stats.refused += 1
             raise Overloaded(self.retry_after())
         self._jobs.append(job)
+        self._arrivals += 1
         self._wake.set()
         return job
 
@@ -138,9 +147,7 @@ class ModelQueue:
             self._wake.clear()
             while self._live():
                 if self.batching and self._live()[0].call is not None:
-                    end = loop.time() + self.window_s
-                    while self._queued_images() < self.max_images and loop.time() < end:
-                        await asyncio.sleep(min(0.001, max(0.0, end - loop.time())))
+                    await self._gather(loop)
                 jobs = self._take()
                 if not jobs:
                     continue
@@ -156,6 +163,21 @@ class ModelQueue:
                         if not job.future.done():
                             job.future.set_result(out)
                 self._pass_seconds = 0.8 * self._pass_seconds + 0.2 * (time.perf_counter() - t0)
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for batch-mates while they keep coming: until the queue fills a pass (passes are
+        padded to `sample_pass_rows`, so a fuller one is nearly free), no request arrived for
+        `QUIET_S`, or `window_s` is over. A lone request waits `QUIET_S`; under load, clients
+        that were just answered get back into the next pass instead of the one after."""
+        end = loop.time() + self.window_s
+        rows = self.model.sample_pass_rows
+        while loop.time() < end:
+            queued, arrived = self._queued_images(), self._arrivals
+            if queued >= self.max_images or queued % rows == 0:
+                return
+            await asyncio.sleep(QUIET_S)
+            if self._arrivals == arrived:
+                return
 
     def _live(self) -> list[Job]:
         while self._jobs and (self._jobs[0].dropped or self._jobs[0].future.done()):
@@ -188,7 +210,8 @@ class ModelQueue:
             return [jobs[0].fn()]
         self.stats.passes += 1
         self.stats.calls_per_pass.append(len(jobs))
-        return self.model.sample_many([job.call for job in jobs])
+        samples = self.model.sample_many([job.call for job in jobs])
+        return [job.finish(out) if job.finish else out for job, out in zip(jobs, samples)]
 
     # --- text ----------------------------------------------------------------------------------
 
