@@ -5,14 +5,15 @@ For each image family (random weights: bits, not quality, are compared) and torc
 
 - `rows_differing_from_alone`: of the first B rows of a batch of B latents, how many differ in any
   float bit from the same latent run alone (batch 1), and `images_differing_from_alone` how many
-  differ after the uint8 conversion the server sends;
+  differ after the uint8 conversion the server sends (`of_1024_images_bytes_differing_at_batch_64`
+  the same over 1024 images);
 - at the fixed pass size P that `sample_many` uses: rows whose bits change when the rows of the
   pass are shuffled (`moved_rows_differing`) or when the other rows are replaced
   (`rows_differing_with_other_mates`), over `--trials` random passes;
 - `threads_change_bits`: whether the same pass of P rows gives other bits with another thread
   count (so the same bytes need the same thread count too).
 
-    .venv/bin/python benchmarks/serve_batch_invariance.py [--trials 20] [--run RUN ...]
+    .venv/bin/python benchmarks/serve_batch_invariance.py [--trials 20] [--threads 1 2] [--run RUN ...]
 
 Prints one JSON line per model and thread count.
 """
@@ -67,6 +68,13 @@ def measure(name: str, model: GenerativeModel, threads: int, trials: int) -> dic
         out["images_differing_from_alone"][b] = differing_rows(to_uint8(batch),
                                                                to_uint8(alone[:b]))
     out["max_abs_difference_from_alone"] = float((forward(model, z) - alone).abs().max())
+    # bytes: a float difference of ~1e-7 flips a uint8 only near a rounding edge, so count over
+    # more images: 1024 latents in batches of 64 against each alone
+    many = torch.randn(1024, nz, generator=g)
+    batched = torch.cat([forward(model, part) for part in many.split(64)])
+    single = torch.cat([forward(model, many[i:i + 1]) for i in range(many.shape[0])])
+    out["of_1024_images_bytes_differing_at_batch_64"] = differing_rows(to_uint8(batched),
+                                                                       to_uint8(single))
     moved = mates = 0
     for _ in range(trials):
         zp = torch.randn(rows, nz, generator=g)
@@ -92,9 +100,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--run", nargs="*", default=[], help="trained runs to measure too")
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES),
+                        help="the random-weight families to measure")
     args = parser.parse_args()
     models = {}
-    for name, (family, config) in FAMILIES.items():
+    for name in args.families:
+        family, config = FAMILIES[name]
         cls = get_model_class(family)
         torch.manual_seed(0)
         models[name] = cls(cls.config_class(**config)).eval()

@@ -53,6 +53,7 @@ def run_load(port: int, mix: list[tuple[str, dict[str, Any]]], *, users: int = 3
     lock = threading.Lock()
     statuses: Counter = Counter()
     latencies: dict[int, list[float]] = {}
+    by_route: dict[str, list[float]] = {}  # the 200s of each route
     answers: dict[int, set[str]] = {}
     errors: list[str] = []
     headers = {"Content-Type": "application/json"}
@@ -79,6 +80,8 @@ def run_load(port: int, mix: list[tuple[str, dict[str, Any]]], *, users: int = 3
             with lock:
                 statuses[response.status] += 1
                 latencies.setdefault(response.status, []).append(elapsed)
+                if response.status == 200:
+                    by_route.setdefault(path.rsplit("/", 1)[-1], []).append(elapsed)
                 if response.status == 200:
                     key = data if path.endswith("generations") else \
                         json.loads(data)["choices"][0]["text"].encode()
@@ -107,6 +110,8 @@ def run_load(port: int, mix: list[tuple[str, dict[str, Any]]], *, users: int = 3
             "errors": len(errors), "first_errors": errors[:3],
             "p50_ms": pct(ok, 0.5), "p95_ms": pct(ok, 0.95),
             "p95_429_ms": pct(shed, 0.95), "max_429_ms": pct(shed, 1.0),
+            **{f"{q}_ms_{route}": pct(values, f) for route, values in sorted(by_route.items())
+               for q, f in (("p50", 0.5), ("p95", 0.95))},
             "requests_per_s": round(len(ok) / wall, 1),
             "differing_answers": sum(len(v) - 1 for v in answers.values())}
 

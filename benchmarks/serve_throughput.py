@@ -12,7 +12,8 @@ Prints one JSON line per (clients, mode) with images/s, p50/p95 latency in ms an
 per pass, then a summary line against the targets of issue 13: at 32 clients, batching gives >= 5x
 the unbatched images/s, with p95 latency <= 2x a single request's (1 client, batching on, p50).
 Also the cost of the fixed pass size: one pass of `sample_pass_rows` rows against a native
-batch-1 forward of the same network.
+batch-1 forward of the same network; and the server's CPU time per request and its share of one
+core (the clients run in a child process), which tell the forward passes from the rest.
 """
 
 from __future__ import annotations
@@ -164,10 +165,12 @@ def main() -> None:
         for clients in args.clients:
             for batching in ((True, False) if r % 2 == 0 else (False, True)):
                 queue.batching = batching
-                before = (queue.stats.passes, sum(queue.stats.calls_per_pass))
+                passes, cpu = queue.stats.passes, time.process_time()
                 out = round_of(port, served.name, clients, args.seconds, args.n)
-                passes = queue.stats.passes - before[0]
+                passes = queue.stats.passes - passes
                 out["images_per_pass"] = args.n * out["requests"] / max(1, passes)
+                # the server's CPU time (this process: the clients run in a child)
+                out["cpu_s"], out["passes"] = time.process_time() - cpu, passes
                 results.setdefault((clients, batching), []).append(out)
     summary = {}
     for (clients, batching), rounds in sorted(results.items()):
@@ -180,7 +183,10 @@ def main() -> None:
                "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
                "requests": len(latencies), "failures": sum(o["failures"] for o in rounds),
                "images_per_pass": round(statistics.mean(o["images_per_pass"] for o in rounds),
-                                        1)}
+                                        1),
+               "server_cpu_ms_per_request": round(1000 * sum(o["cpu_s"] for o in rounds)
+                                                  / max(1, len(latencies)), 2),
+               "server_cpu_share": round(sum(o["cpu_s"] for o in rounds) / wall, 2)}
         summary[clients, batching] = row
         print(json.dumps(row), flush=True)
     top = max(args.clients)

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from genlab.apps.serve_schemas import MODEL_NAME
+from genlab.modalities import MODALITIES
+from genlab.modalities.image import ImageModality
 
 
 def sse_events(body: bytes) -> list:
@@ -42,8 +44,8 @@ def test_health_and_models(live, serve_runs):
     assert set(cards) == {"cdcgan", "dcgan", "tinygpt"}
     manifest = json.loads((serve_runs["cdcgan"] / "checkpoint" / "manifest.json").read_text())
     c = cards["cdcgan"]
-    assert (c["name"], c["family"], c["modality"], c["classes"], c["step"]) == \
-        ("cdcgan", "dcgan", "image", 4, 4)
+    assert (c["name"], c["family"], c["classes"], c["step"]) == ("cdcgan", "dcgan", 4, 4)
+    assert isinstance(MODALITIES[c["modality"]], ImageModality)
     assert c["sha256"] == manifest["model.safetensors"] and c["eval"] is None
     assert c["endpoint"] == "/v1/images/generations" and cards["dcgan"]["classes"] is None
     text = cards["tinygpt"]
