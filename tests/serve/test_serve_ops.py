@@ -22,8 +22,8 @@ import pytest
 from serve_support import Live
 
 import genlab.apps.serve as serve_module
-from genlab.apps.serve import check_exposure
 from genlab.apps.serve_models import find_runs
+from genlab.apps.serve_run import check_exposure
 from genlab.errors import UserError
 
 TOKEN = "t0ken-with-enough-chars"

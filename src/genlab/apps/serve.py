@@ -1,19 +1,19 @@
 """`genlab serve`: trained models behind a small REST API (OpenAI-style routes) and a web page.
 
-    app = create_app(find_runs(["runs/fmnist-cdcgan"], None), ServeSettings())
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    app = create_app(serve_models.find_runs(["runs/fmnist-cdcgan"], None), ServeSettings())
+    uvicorn.run(app, host="127.0.0.1", port=8000)      # or serve_run.serve(...), as the CLI does
 
 Routes: GET /v1/models, /v1/models/{model}; POST /v1/images/generations, /v1/completions (SSE with
 `stream: true`); GET /livez, /readyz, /openapi.json, /docs (offline), / (the page). The request
 bodies and their checks are in serve_schemas.py and `genlab.generation.check_request`; the guard in
 front of every route (host, origin, token, body size) in serve_http.py; the queue of each model
-(micro-batches, text streams, 429, 504, clients that leave) in serve_batch.py. docs/serving.md is
-the user's guide.
+(micro-batches, text streams, 429, 504, clients that leave) in serve_batch.py; running it
+(exposure rules, SIGTERM) in serve_run.py. docs/serving.md is the user's guide.
 
 Images go through `modalities.image.image_call` and `model.sample_many`, as `genlab sample` does,
 so a request gives the same bytes as `genlab sample` with the same options (same device and torch
 thread count). An /v1/audio/generations route is one more handler like `images` below: a request
-schema, a "audio" entry in serve_models.ROUTES and `route_kind`, and the job
+schema, an "audio" entry in serve_models.ROUTES and `route_kind`, and the job
 `queue.submit_fn(lambda: modality.generate(model, request))` whose samples encode to WAV bytes
 (base64 in the JSON, as the images are).
 """
@@ -23,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import itertools
 import re
-import signal
-import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -53,7 +50,7 @@ from genlab.apps.serve_http import (
     parse_body,
     watch_disconnect,
 )
-from genlab.apps.serve_models import ROUTES, RunSpec, ServedModel, find_runs, load_served
+from genlab.apps.serve_models import ROUTES, RunSpec, ServedModel, load_served
 from genlab.apps.serve_schemas import (
     IMAGE_OPTIONS,
     CompletionsRequest,
@@ -133,8 +130,7 @@ def create_app(runs: list[RunSpec], settings: ServeSettings | None = None,
             await served.queue.stop()
 
     app = FastAPI(title="genlab serve", version=__version__, lifespan=lifespan, docs_url=None,
-                  redirect_slashes=False,
-                  redoc_url=None, openapi_url="/openapi.json",
+                  redoc_url=None, openapi_url="/openapi.json", redirect_slashes=False,
                   description="Generate with trained genlab models. Errors are JSON "
                               "`{\"error\": {\"message\", \"type\", \"param\"}}`.")
     app.state.genlab = state
@@ -490,85 +486,3 @@ def _openapi(app: FastAPI, state: ServerState, runs: list[RunSpec],
     if state.ready:
         app.openapi_schema = schema  # final once the models are known
     return schema
-
-
-# --- running it ------------------------------------------------------------------------------------
-
-def check_exposure(host: str, token: str | None, insecure: bool) -> tuple[str, ...] | None:
-    """Refuse to listen beyond this machine without a token (unless `insecure`); the Host header
-    names a loopback server answers to (None: any, for a server behind a name or a proxy)."""
-    if token is not None and (len(token) < 16 or not re.fullmatch(r"[!-~]+", token)):
-        raise UserError("--token must be 16 or more visible ASCII characters without spaces, "
-                        "e.g. the output of: python -c 'import secrets; print(secrets."
-                        "token_urlsafe(32))'")
-    if is_loopback(host):
-        return LOOPBACK_NAMES
-    if token is None and not insecure:
-        raise UserError(f"--host {host} lets other machines reach the server; give it a token "
-                        "(--token T or GENLAB_SERVE_TOKEN), or pass --insecure to serve without "
-                        "one")
-    return None
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
-
-
-def serve(runs: list[str], *, runs_dir: str | None = None, host: str = "127.0.0.1",
-          port: int = 8000, token: str | None = None, insecure: bool = False,
-          cors_origins: tuple[str, ...] = (), drain_s: float = 30.0, **settings: Any) -> None:
-    """Serve runs until SIGTERM or Ctrl-C: then stop accepting, finish the requests in flight
-    (for up to `drain_s` seconds) and return. `settings`: fields of `ServeSettings`. Raises
-    `UserError` before listening for a bad run, flag or port, and after it for a model that
-    fails to load."""
-    import uvicorn
-
-    allowed_hosts = check_exposure(host, token, insecure)
-    specs = find_runs(runs, runs_dir)
-    sock = _listen(host, port)
-    fatal: list[str] = []
-    server: uvicorn.Server | None = None
-
-    def on_fatal(message: str) -> None:
-        fatal.append(message)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(specs, ServeSettings(token=token, cors_origins=cors_origins,
-                                          allowed_hosts=allowed_hosts, **settings), on_fatal)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            app.state.genlab.draining = True  # /readyz says 503 while the last requests finish
-            super().handle_exit(sig, frame)
-            if sig == signal.SIGTERM and sig in getattr(self, "_captured_signals", []):
-                # uvicorn raises the signal again once drained (the process would die of it):
-                # a drained server exits 0; Ctrl-C still ends as an interrupt
-                self._captured_signals.remove(sig)
-
-    server = Server(uvicorn.Config(app, log_level="info", server_header=False, lifespan="on",
-                                   timeout_graceful_shutdown=drain_s))
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    log.info(f"genlab serve: http://{shown}:{bound[1]}/ (the page; the API's docs at /docs), "
-             f"{len(specs)} model(s) loading; Ctrl-C or SIGTERM stops it")
-    server.run(sockets=[sock])
-    if fatal:
-        raise UserError(f"cannot serve {fatal[0]}")
-    log.info("genlab serve: stopped")
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another server "
-                        "there? pick another --port") from None
-    return sock

@@ -47,9 +47,9 @@ def serve(runs: tuple[str, ...], host: str, port: int, token: str | None, runs_d
           timeout_s: float, max_queue: int, batching: bool) -> None:
     """Serve trained runs over HTTP: the API at /v1, its docs at /docs, a page at /."""
     try:
-        from genlab.apps.serve import serve as run_server
+        from genlab.apps.serve_run import serve as run_server
     except ModuleNotFoundError as e:
-        if e.name in ("fastapi", "uvicorn", "starlette", "pydantic"):
+        if e.name in ("fastapi", "uvicorn", "starlette", "pydantic", "httptools", "uvloop"):
             raise UserError("genlab serve needs FastAPI and uvicorn: pip install genlab[serve]"
                             ) from None
         raise
