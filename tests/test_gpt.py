@@ -367,3 +367,10 @@ def test_init_from_with_characters_the_source_lacks(tmp_path):
     other = write(tmp_path / "b.txt", "abc XYZ.\n" * 30)
     with pytest.raises(UserError, match=r"--init-from: .*source model's char tokenizer.*'XYZ'"):
         _train_char(tmp_path / "tuned", other, 1, init_from=str(source))
+
+
+def test_a_tiny_temperature_samples_the_likeliest_token_instead_of_failing():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
+    g = torch.Generator().manual_seed(0)
+    for temperature in (1e-87, 1e-30, 1e-3, 5e-324):
+        assert next_token(logits, generator=g, temperature=temperature).tolist() == [1, 0]

@@ -35,7 +35,7 @@ def _user_message(e: UserError) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m genlab`."""
-    from genlab.cli import eval, info, train, vae  # noqa: F401  (registers the commands)
+    from genlab.cli import eval, info, serve, train, vae  # noqa: F401  (registers the commands)
     from genlab.log import logger, to_stderr
 
     args = list(sys.argv[1:] if argv is None else argv)

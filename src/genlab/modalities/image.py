@@ -20,7 +20,7 @@ from genlab.generation import GenerationRequest, balanced_labels, check_request
 from genlab.images import grid_png, image_pngs, npz_bytes, to_uint8, write_bytes
 from genlab.limits import derive_seed
 from genlab.modalities.base import Modality, Prepared, Samples, TrainingEvaluator
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, SampleCall
 
 GRID_SAMPLES = 64  # images in each training-time grid
 SPEC_PREFIXES = ("idx:", "folder:")
@@ -111,22 +111,35 @@ def prepare_image_data(data: Any, model_cls: type[GenerativeModel], model_config
     return Prepared(batcher, model_config, record)
 
 
-def generate_images(model: GenerativeModel, request: GenerationRequest) -> ImageSamples:
-    """Images for a request: labels as asked, or classes 0..K-1 in turn (one grid column each)."""
+def image_call(model: GenerativeModel, request: GenerationRequest
+               ) -> tuple[GenerationRequest, SampleCall, int | None]:
+    """A request as one call of `model.sample_many`: the checked request, the call (its own
+    generator; labels as asked, or classes 0..K-1 in turn, one grid column each) and the grid's
+    column count. The server batches these calls; `generate_images` makes one."""
     r = check_request(model, request, text=False)
     k = model.num_classes
     generator = torch.Generator(device=model.device).manual_seed(r.seed)
-    kwargs: dict[str, Any] = dict(r.options)
-    labels = None
+    options: dict[str, Any] = dict(r.options)
     if k:
         chosen = r.label if r.label is not None else balanced_labels(r.n, k)
         chosen = chosen if isinstance(chosen, list) else [chosen]
-        labels = torch.tensor(chosen * r.n if len(chosen) == 1 else chosen, dtype=torch.long,
-                              device=model.device)
-        kwargs["labels"] = labels
-    images = to_uint8(model.sample(r.n, generator=generator, **kwargs))
+        options["labels"] = torch.tensor(chosen * r.n if len(chosen) == 1 else chosen,
+                                         dtype=torch.long, device=model.device)
     nrow = k if k and r.label is None and k <= 16 else None
-    return ImageSamples(images, labels.cpu() if labels is not None else None, nrow)
+    return r, SampleCall(r.n, generator, options), nrow
+
+
+def image_samples(call: SampleCall, images: torch.Tensor, nrow: int | None) -> ImageSamples:
+    """What `sample_many` made for `call` (floats in [0, 1]) as `ImageSamples`."""
+    labels = call.options.get("labels")
+    return ImageSamples(to_uint8(images), labels.cpu() if labels is not None else None, nrow)
+
+
+def generate_images(model: GenerativeModel, request: GenerationRequest) -> ImageSamples:
+    """Images for a request, through `sample_many` like the server's batches (the same bytes)."""
+    _, call, nrow = image_call(model, request)
+    (images,) = model.sample_many([call])
+    return image_samples(call, images, nrow)
 
 
 class ImageModality(Modality):

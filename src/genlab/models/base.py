@@ -6,6 +6,8 @@
 - `model.train_step(batch, optimizers) -> dict[str, Tensor]`: one optimisation step. Values are
   detached scalars left on the device, so the trainer syncs only when it logs.
 - `model.sample(n, *, generator=None, **kw)`: images `(N, C, H, W)` in `[0, 1]`, or token ids.
+- `model.sample_many(calls)`: several `sample` calls at once (the server's micro-batches); the
+  default makes them one by one, image families share their forward passes.
 
 A batch is a dict: image models get `{"images": uint8 (B, C, H, W), "labels": int64 (B,)}` (labels
 only when the data has them) and convert to their own value range; text models get `{"tokens": ...}`.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +26,15 @@ from torch import nn
 
 from genlab.config import TrainConfig
 from genlab.errors import UserError
+
+
+@dataclass
+class SampleCall:
+    """One caller's share of `sample_many`: the arguments of `sample(n, generator=..., **options)`."""
+
+    n: int
+    generator: torch.Generator | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class GenerativeModel(nn.Module):
@@ -40,6 +53,10 @@ class GenerativeModel(nn.Module):
     sample_options: ClassVar[dict[str, Any]] = {}
     # logged values shown on the progress line (all of them go to metrics.jsonl)
     progress_keys: ClassVar[tuple[str, ...]] = ("loss",)
+    # rows in every forward pass of a family's own `sample_many` (the last pass is padded): a
+    # kernel may round differently at another batch size, so a fixed pass size is what keeps an
+    # image independent of the calls it shares a pass with (benchmarks/serve_batch_invariance.py)
+    sample_pass_rows: ClassVar[int] = 32
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -114,6 +131,16 @@ class GenerativeModel(nn.Module):
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: Any) -> torch.Tensor:
         raise NotImplementedError  # every model defines how it samples
+
+    def sample_many(self, calls: Sequence[SampleCall]) -> list[torch.Tensor]:
+        """The samples of several calls, one tensor per call: what `sample(c.n, generator=c.generator,
+        **c.options)` gives for each. This default makes the calls one after the other. A family
+        that can share forward passes overrides it (the GAN and VAE families): each call's
+        randomness still comes from its own generator, drawn as `sample` draws it, and every
+        pass has `sample_pass_rows` rows, so a call's output depends on nothing but the call.
+        The generation API (`genlab sample`, the training grids, the server) samples through
+        this method, so all of them give the same bytes."""
+        return [self.sample(c.n, generator=c.generator, **c.options) for c in calls]
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """JSON-serialisable state beside the weights (a tokenizer, say)."""
@@ -246,6 +273,24 @@ def image_config_for_data(model_name: str, config: Any, data: Any, *, conditiona
         raise UserError(f"model.num_classes comes from the data's labels; pass --conditional "
                         f"instead of --set model.num_classes={config.num_classes}")
     return type(config)(**{**config.__dict__, **changes})
+
+
+def forward_in_passes(forward: Callable[..., torch.Tensor], rows: int,
+                      *inputs: torch.Tensor | None) -> torch.Tensor:
+    """`forward(*inputs)` over the rows of `inputs` (tensors of equal length, or None) in passes
+    of exactly `rows` rows: the last pass is padded with zero rows, whose outputs are dropped.
+    With every pass the same size, the result of a row does not depend on how many rows there
+    are or what the other rows hold (tested for the GAN and VAE families; a pass of another
+    size may round differently)."""
+    total = next(x for x in inputs if x is not None).shape[0]
+    out = []
+    for start in range(0, total, rows):
+        m = min(rows, total - start)
+        chunk = [None if x is None else
+                 torch.cat([x[start:start + m], x.new_zeros(rows - m, *x.shape[1:])])
+                 for x in inputs]
+        out.append(forward(*chunk)[:m])
+    return torch.cat(out)
 
 
 def class_labels(n: int, labels: torch.Tensor | int | None, num_classes: int,

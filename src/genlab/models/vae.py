@@ -23,6 +23,7 @@ https://arxiv.org/abs/1509.00519) on held-out images.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,7 +45,9 @@ from genlab.models.base import (
     Encoder,
     GenerativeModel,
     Likelihood,
+    SampleCall,
     class_labels,
+    forward_in_passes,
     image_config_for_data,
     images_to_unit,
 )
@@ -199,6 +202,28 @@ class VAE(GenerativeModel, Likelihood, Encoder):
             y = labels[start:start + m] if labels is not None else None
             chunks.append(self.decode(z, y))
         return torch.cat(chunks)
+
+    @torch.no_grad()
+    def sample_many(self, calls: Sequence[SampleCall]) -> list[Tensor]:
+        """`sample` for several calls at once (the server's micro-batches): each call's labels and
+        latents come from its own generator, drawn exactly as `sample` draws them, and the
+        decoder runs over all calls' rows together in passes of `sample_pass_rows`."""
+        device, k = self.device, self.config.num_classes
+        latents, labels = [], []
+        for call in calls:
+            options = dict(call.options)
+            chunk = options.pop("batch_size", 500)
+            y = class_labels(call.n, options.pop("labels", None), k, call.generator, device)
+            if options:
+                raise TypeError(f"sample() got unexpected keyword arguments {sorted(options)}")
+            latents.append(torch.cat([
+                torch.randn(min(chunk, call.n - start), self.config.nz, device=device,
+                            generator=call.generator) for start in range(0, call.n, chunk)]))
+            labels.append(y)
+        z = torch.cat(latents)
+        y = torch.cat(labels) if k else None
+        images = forward_in_passes(self.decode, self.sample_pass_rows, z, y)
+        return list(images.split([call.n for call in calls]))
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, labels: Tensor | None = None,

@@ -27,6 +27,12 @@ def next_token(logits: Tensor, *, generator: torch.Generator | None, temperature
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
+    if temperature < torch.finfo(logits.dtype).tiny:  # it would divide by 0: the greedy limit
+        return logits.argmax(dim=-1)
+    if temperature < 1e-2:
+        # the largest logit shifted to 0 first, so a tiny temperature (1e-87) sends the others
+        # to -inf instead of every logit to +-inf, whose softmax is NaN (same maths)
+        logits = logits - logits.max(dim=-1, keepdim=True).values
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]

@@ -1,0 +1,1 @@
+"""Commands that use trained models: one module each (`serve`: the HTTP server and web page)."""
