@@ -56,7 +56,7 @@ def find_local(dirs: list[Path]) -> Path | None:
         for folder in (d / RECORDINGS, d / EXTRACTED / RECORDINGS):
             if folder.is_dir():
                 return folder
-        if (d / "0_george_0.wav").is_file():  # DIR is the recordings folder itself
+        if d.is_dir() and any(d.glob("[0-9]_*_*.wav")):  # DIR is the recordings folder itself
             return d
         if (d / ARCHIVE).is_file():
             return d / ARCHIVE
