@@ -181,3 +181,24 @@ def test_resampled_on_request(tmp_path, monkeypatch):
     write_folder(tmp_path / "recordings", recordings)
     data = load_audio("fsdd", "train", data_dir=tmp_path, download=False, sample_rate=16000)
     assert data.sample_rate == 16000 and len(data.clips[0]) == 230  # 115 samples at 8 kHz
+
+
+def test_featurenet_train_fsdd_on_fake_data(tmp_path, monkeypatch, run_cli):
+    from dataclasses import asdict
+
+    from genlab import audio, featurenet
+
+    recordings = fake_recordings()
+    pin(monkeypatch, recordings)
+    write_folder(tmp_path / "d" / "recordings", recordings)
+    out = tmp_path / "fsdd.safetensors"
+    code, stdout, err = run_cli("featurenet", "train", "fsdd", "--data-dir", tmp_path / "d",
+                                "--epochs", "1", "--out", out)
+    assert code == 0 and stdout.strip() == str(out), err
+    net = featurenet.load_feature_net(out)
+    assert net.meta["spectrogram"] == asdict(audio.DEFAULT)  # how its clips became images
+    assert (net.config.channels, net.config.image_size) == (1, audio.DEFAULT.size)
+    assert (net.meta["train_data"]["stop"], net.meta["test_data"]["stop"]) == (8, 20)
+    train = load_audio("fsdd", data_dir=tmp_path / "d", download=False)
+    assert net.meta["train_data"]["split_sha256"] == train.sha256  # of the clips
+    assert net.meta["recipe"]["epochs"] == 1 and "sha256" in err

@@ -31,6 +31,8 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from genlab import __version__
+from genlab.audio import DEFAULT as SPECTROGRAM
+from genlab.audio import clips_to_images
 from genlab.checkpoint import atomic_write_bytes, sha256_file
 from genlab.classifier import (
     DEFAULT_PLAN,
@@ -41,6 +43,9 @@ from genlab.classifier import (
     augment,
     fit_classifier,
 )
+from genlab.data import AudioData, load_audio, load_images
+from genlab.data.base import content_sha256
+from genlab.data.catalog import container_of
 from genlab.errors import UserError
 
 __all__ = ["DEFAULT_PLAN", "PINNED_SHA256", "PLANS", "FeatureNet", "FeatureNetConfig", "Plan",
@@ -133,8 +138,6 @@ class Subset:
 
     @property
     def sha256(self) -> str:
-        from genlab.data.base import content_sha256
-
         return content_sha256(self.images, self.labels)
 
     def describe(self) -> dict[str, Any]:
@@ -147,13 +150,19 @@ class Subset:
 
 def subset(dataset: str, split: str, start: int = 0, stop: int | None = None, *,
            data_dir: str | os.PathLike | None = None, download: bool = True) -> Subset:
-    from genlab.data import load_images
-
-    data = load_images(dataset, split, data_dir, download=download)
+    """Images `[start, stop)` of a split. Audio datasets come as the spectrogram images of
+    `genlab.audio.DEFAULT`; their `split_sha256` is that of the clips."""
+    if container_of(dataset) is AudioData:
+        clips = load_audio(dataset, split, data_dir, download=download,
+                           sample_rate=SPECTROGRAM.sample_rate)
+        data, split_sha256 = clips_to_images(clips, SPECTROGRAM), clips.sha256
+    else:
+        data = load_images(dataset, split, data_dir, download=download)
+        split_sha256 = data.sha256
     n = data.images.shape[0]
     stop = n if stop is None else min(stop, n)
     labels = data.labels[start:stop] if data.labels is not None else None
-    return Subset(data.name, split, start, stop, data.images[start:stop], labels, data.sha256)
+    return Subset(data.name, split, start, stop, data.images[start:stop], labels, split_sha256)
 
 
 def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -180,7 +189,7 @@ def training_data(dataset: str, data_dir: str | os.PathLike | None,
                   log: Callable[[str], None]) -> tuple[Subset, Subset]:
     """(images to train on, images to measure on): the train and test splits, or for mnist
     without its train split, the first 8k and the last 2k of the test split."""
-    if dataset.startswith("folder:"):
+    if dataset.startswith(("folder:", "wav:")):
         raise UserError("a folder has no test split to measure a feature net on; use idx:DIR "
                         "holding train and test IDX files, or a named dataset")
     if dataset == "mnist":
@@ -218,5 +227,7 @@ def train_feature_net(dataset: str, *, data_dir: str | os.PathLike | None = None
             "recipe": {**asdict(plan), "seed": seed, "epochs": epochs, "optimizer": "adamw",
                        "schedule": "cosine", "genlab": __version__, "torch": torch.__version__,
                        "threads": torch.get_num_threads()}}
+    if container_of(dataset) is AudioData:  # what turned its clips into images
+        meta["spectrogram"] = asdict(SPECTROGRAM)
     net.meta = meta
     return net, meta

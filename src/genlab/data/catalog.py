@@ -31,8 +31,8 @@ SYSTEM_DATA_DIRS: list[Path] = [Path("/usr/share/datasets")]
 
 DATASETS = SOURCES  # the named datasets, by name (older name of the registry)
 
-__all__ = ["CHECKSUMS", "DATASETS", "SYSTEM_DATA_DIRS", "dataset_info", "digits_split_indices",
-           "load_audio", "load_images", "search_dirs", "spec_names"]
+__all__ = ["CHECKSUMS", "DATASETS", "SYSTEM_DATA_DIRS", "container_of", "dataset_info",
+           "digits_split_indices", "load_audio", "load_images", "search_dirs", "spec_names"]
 
 
 class _IdxChecksums(MutableMapping):
@@ -97,6 +97,11 @@ def resolve(spec: str) -> tuple[Source | SpecKind, str, Path | None]:
             f"unknown dataset {spec!r}{hint}; use one of {', '.join(spec_names())}"
         )
     return SOURCES[name], name, None
+
+
+def container_of(spec: str) -> type:
+    """What `spec` loads into: ImageData (load_images) or AudioData (load_audio)."""
+    return resolve(spec)[0].container
 
 
 def _read(spec: str, split: str, data_dir: str | os.PathLike | None, download: bool,
