@@ -10,6 +10,7 @@
     python benchmarks/audio_representations.py --data-dir ../shared/data/fsdd
     python benchmarks/audio_representations.py --data-dir DIR --only mel64 --epochs 5
     python benchmarks/audio_representations.py --data-dir DIR --check-data
+    python benchmarks/audio_representations.py --data-dir DIR --shipped 16,32,64,128
 
 `--check-data` is the manual check of the fsdd source against the real archive: both splits,
 their sizes, speakers and labels, and the same clips read from the archive and from an
@@ -29,7 +30,7 @@ from genlab import audio
 from genlab.classifier import accuracy, fit_classifier
 from genlab.data import load_audio
 from genlab.data.sources import fsdd
-from genlab.featurenet import PLANS
+from genlab.featurenet import PLANS, load_feature_net
 
 C = audio.SpectrogramConfig
 REPRESENTATIONS = {
@@ -81,6 +82,35 @@ def sanity(net: torch.nn.Module, config: audio.SpectrogramConfig, n: int = 100) 
     return "; ".join(parts)
 
 
+def round_trip(net: torch.nn.Module, config: audio.SpectrogramConfig, test, images: torch.Tensor,
+               iters: int) -> str:
+    """SC and classifier accuracy of the test clips through Griffin-Lim, and its cost."""
+    waves = audio.normalize(audio.clips_to_waveforms(test.clips, config.clip_samples), config)
+    t0 = time.perf_counter()
+    rebuilt = audio.images_to_waveforms(images, config, iters=iters)
+    decode_ms = (time.perf_counter() - t0) * 1000 / len(test.clips)
+    true_phase = audio.with_phase_of(images, waves, config)
+    sc = float(audio.spectral_convergence(waves, rebuilt).mean())
+    sc_true = float(audio.spectral_convergence(waves, true_phase).mean())
+    again = audio.waveforms_to_images(audio.normalize(rebuilt, config), config)
+    return (f"SC Griffin-Lim {sc:.3f}, SC true phase {sc_true:.3f}; accuracy real "
+            f"{accuracy(net, images, test.labels):.4f}, Griffin-Lim "
+            f"{accuracy(net, again, test.labels):.4f}; Griffin-Lim {iters} iterations "
+            f"{decode_ms:.0f} ms/clip")
+
+
+def shipped(test, iters: list[int]) -> None:
+    """The rows of the shipped fsdd net, for Griffin-Lim with several iteration counts."""
+    net = load_feature_net("fsdd")
+    config = audio.SpectrogramConfig(**net.meta["spectrogram"])
+    images = audio.clips_to_images(test, config).images
+    print(f"shipped fsdd net {net.sha256[:16]}..., test accuracy in its file "
+          f"{net.meta['test_accuracy']:.4f}", flush=True)
+    for n in iters:
+        print(f"  {round_trip(net, config, test, images, n)}", flush=True)
+    print(f"  sanity: {sanity(net, config)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
@@ -88,45 +118,36 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the fsdd recipe's epochs")
     parser.add_argument("--iters", type=int, default=64, help="Griffin-Lim iterations")
     parser.add_argument("--check-data", action="store_true")
+    parser.add_argument("--shipped", metavar="ITERS", help="measure the shipped fsdd net with "
+                        "these comma-separated Griffin-Lim iteration counts instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.check_data:
         check_data(args.data_dir)
         return
-    train = load_audio("fsdd", "train", data_dir=args.data_dir, download=False)
     test = load_audio("fsdd", "test", data_dir=args.data_dir, download=False)
+    if args.shipped:
+        shipped(test, [int(n) for n in args.shipped.split(",")])
+        return
+    train = load_audio("fsdd", "train", data_dir=args.data_dir, download=False)
     names = args.only.split(",") if args.only else list(REPRESENTATIONS)
     plan = PLANS["fsdd"]
     print(f"fsdd: {len(train.clips)} train / {len(test.clips)} test clips; classifier "
-          f"{plan}, epochs {args.epochs or plan.epochs}; Griffin-Lim {args.iters} iterations",
-          flush=True)
+          f"{plan}, epochs {args.epochs or plan.epochs}", flush=True)
     for name in names:
         config = REPRESENTATIONS[name]
         t0 = time.perf_counter()
         train_images = audio.clips_to_images(train, config).images
-        test_data = audio.clips_to_images(test, config)
+        test_images = audio.clips_to_images(test, config).images
         encode_ms = (time.perf_counter() - t0) * 1000 / (len(train.clips) + len(test.clips))
         t0 = time.perf_counter()
         net = fit_classifier(train_images, train.labels, seed=0, plan=plan, epochs=args.epochs,
                              log=lambda _: None)
         train_s = time.perf_counter() - t0
-        real_acc = accuracy(net, test_data.images, test.labels)
-
-        waves = audio.normalize(audio.clips_to_waveforms(test.clips, config.clip_samples),
-                                config)
-        t0 = time.perf_counter()
-        rebuilt = audio.images_to_waveforms(test_data.images, config, iters=args.iters)
-        decode_ms = (time.perf_counter() - t0) * 1000 / len(test.clips)
-        true_phase = audio.with_phase_of(test_data.images, waves, config)
-        sc = float(audio.spectral_convergence(waves, rebuilt).mean())
-        sc_true = float(audio.spectral_convergence(waves, true_phase).mean())
-        again = audio.waveforms_to_images(audio.normalize(rebuilt, config), config)
-        gl_acc = accuracy(net, again, test.labels)
         print(f"{name:14s} {config.size}x{config.size} n_fft {config.n_fft:4d} hop "
-              f"{config.hop:3d} {'mel' if config.mel else 'linear'}: SC Griffin-Lim {sc:.3f}, "
-              f"SC true phase {sc_true:.3f}; accuracy real {real_acc:.4f}, Griffin-Lim "
-              f"{gl_acc:.4f}; encode {encode_ms:.1f} ms/clip, Griffin-Lim {decode_ms:.0f} "
-              f"ms/clip, classifier {train_s:.0f} s", flush=True)
+              f"{config.hop:3d} {'mel' if config.mel else 'linear'}: "
+              f"{round_trip(net, config, test, test_images, args.iters)}; encode "
+              f"{encode_ms:.1f} ms/clip, classifier {train_s:.0f} s", flush=True)
         print(f"{'':14s} sanity: {sanity(net, config)}", flush=True)
 
 

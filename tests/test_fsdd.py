@@ -202,3 +202,20 @@ def test_featurenet_train_fsdd_on_fake_data(tmp_path, monkeypatch, run_cli):
     train = load_audio("fsdd", data_dir=tmp_path / "d", download=False)
     assert net.meta["train_data"]["split_sha256"] == train.sha256  # of the clips
     assert net.meta["recipe"]["epochs"] == 1 and "sha256" in err
+
+
+def test_shipped_fsdd_net_matches_the_spectrogram_and_its_pin():
+    from dataclasses import asdict
+
+    from genlab import audio, featurenet
+
+    net = featurenet.load_feature_net("fsdd")
+    assert net.sha256 == featurenet.PINNED_SHA256["fsdd"] and net.name == "fsdd"
+    assert net.meta["test_accuracy"] >= 0.95
+    assert net.meta["spectrogram"] == asdict(audio.DEFAULT)  # DEFAULT may not drift from it
+    seen, held_out = net.meta["train_data"], net.meta["test_data"]
+    assert (seen["split"], seen["stop"], held_out["split"], held_out["stop"]) == (
+        "train", 2700, "test", 300)
+    assert not featurenet.overlaps(seen, held_out)
+    images = audio.waveforms_to_images(torch.zeros(2, audio.DEFAULT.clip_samples))
+    assert net.embed(images)[1].shape == (2, 10)

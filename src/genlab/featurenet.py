@@ -59,6 +59,8 @@ META_KEY = "genlab_feature_net"
 # `genlab featurenet train NAME --out src/genlab/weights/NAME.safetensors` prints the new value.
 PINNED_SHA256: dict[str, str] = {
     "digits": "2778287938edbee0cb14511dabd3b8a69d5340d6a8ba6744988c860bb781692f",
+    # genlab featurenet train fsdd --data-dir DIR, 1 thread (OMP_NUM_THREADS=1), torch 2.13 CPU
+    "fsdd": "67323377e319e3e1ab67a04ab244b73dfecc029f21a5c10d3c519311da5a1f1f",
     "fashion-mnist": "484f79eb1f28d2552cbbe3f85de2128b03640993d31e3ca06151ccd3ba7a927c",
     "mnist": "ece62b02122a3110899d25359f35bcaebefff8486430eff611a7ad4ad37ae05c",
 }
