@@ -8,32 +8,49 @@ at their native size as uint8, exactly like real data. A distance on these featu
 reported with the net's name and SHA-256, never an "FID": it is not comparable with published FIDs.
 
 A net is one safetensors file: the weights, plus in its header the architecture, exactly which
-images it was trained on and its test accuracy, so the pinned SHA-256 covers all of it.
+images it was trained on and its test accuracy, so the pinned SHA-256 covers all of it. The
+network and its training loop are `genlab.classifier` (they fit any labelled images); this
+module is about the shipped nets: which data each sees, its recipe, its file and its pin.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from torch import Tensor, nn
+from torch import Tensor
 
+from genlab.audio import DEFAULT as SPECTROGRAM
+from genlab.audio import clips_to_images
 from genlab.checkpoint import atomic_write_bytes, sha256_file
+from genlab.classifier import (
+    DEFAULT_PLAN,
+    FeatureNet,
+    FeatureNetConfig,
+    Plan,
+    accuracy,
+    augment,
+    fit_classifier,
+)
+from genlab.data import AudioData, load_audio, load_images
+from genlab.data.base import content_sha256
+from genlab.data.catalog import container_of
 from genlab.errors import UserError
 from genlab.log import get_logger
 from genlab.version import __version__
+
+__all__ = ["DEFAULT_PLAN", "PINNED_SHA256", "PLANS", "FeatureNet", "FeatureNetConfig", "Plan",
+           "Subset", "augment", "feature_net_for", "load_feature_net", "overlaps",
+           "save_feature_net", "shipped_names", "subset", "train_feature_net", "training_data"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 META_KEY = "genlab_feature_net"
@@ -42,83 +59,11 @@ META_KEY = "genlab_feature_net"
 # `genlab featurenet train NAME --out src/genlab/weights/NAME.safetensors` prints the new value.
 PINNED_SHA256: dict[str, str] = {
     "digits": "2778287938edbee0cb14511dabd3b8a69d5340d6a8ba6744988c860bb781692f",
+    # genlab featurenet train fsdd --data-dir DIR, 1 thread (OMP_NUM_THREADS=1), torch 2.13 CPU
+    "fsdd": "67323377e319e3e1ab67a04ab244b73dfecc029f21a5c10d3c519311da5a1f1f",
     "fashion-mnist": "484f79eb1f28d2552cbbe3f85de2128b03640993d31e3ca06151ccd3ba7a927c",
     "mnist": "ece62b02122a3110899d25359f35bcaebefff8486430eff611a7ad4ad37ae05c",
 }
-
-
-# --- the network ----------------------------------------------------------------------------------
-
-@dataclass
-class FeatureNetConfig:
-    channels: int = 1  # image channels
-    image_size: int = 28  # native square side; other sizes are refused, never resized
-    num_classes: int = 10
-    widths: tuple[int, ...] = (32, 64, 64)  # channels of the conv blocks, each max-pooled by 2
-    feature_dim: int = 128  # width of the penultimate layer: the features
-    dropout: float = 0.3  # before the classifier only
-
-
-def _block(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-
-
-class FeatureNet(nn.Module):
-    """Conv-BN-ReLU-pool blocks, then a dense layer (the penultimate layer, whose activations
-    are the features) and a linear classifier. Small enough to train in minutes on a CPU and to
-    embed 20k images in seconds. `meta` and `sha256` are filled when loaded from a file."""
-
-    def __init__(self, config: FeatureNetConfig) -> None:
-        super().__init__()
-        self.config = config
-        layers: list[nn.Module] = []
-        c_in, side = config.channels, config.image_size
-        for width in config.widths:
-            layers += _block(c_in, width)
-            c_in, side = width, side // 2
-        self.body = nn.Sequential(
-            *layers, nn.Flatten(),  # (N, C * side * side)
-            nn.Linear(c_in * side * side, config.feature_dim, bias=False),
-            nn.BatchNorm1d(config.feature_dim), nn.ReLU(inplace=True))
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.feature_dim, config.num_classes)
-        self.meta: dict[str, Any] = {}
-        self.sha256 = ""
-
-    @property
-    def name(self) -> str:
-        return self.meta.get("name", "untrained")
-
-    def features(self, images: Tensor) -> Tensor:
-        """uint8 `(N, C, H, W)` -> penultimate features `(N, D)`."""
-        return self.body(images.float().div_(255.0).contiguous(memory_format=torch.channels_last))
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(self.dropout(self.features(images)))
-
-    @torch.inference_mode()
-    def embed(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-        """Features `(N, D)` and logits `(N, K)` as float32 CPU tensors, in eval mode."""
-        self.check_images(images)
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        feats, logits = [], []
-        for start in range(0, images.shape[0], batch_size):
-            f = self.features(images[start:start + batch_size].to(device)).float()
-            feats.append(f.cpu())
-            logits.append(self.classifier(f).cpu())
-        self.train(was_training)
-        return torch.cat(feats), torch.cat(logits)
-
-    def check_images(self, images: Tensor) -> None:
-        c, s = self.config.channels, self.config.image_size
-        shape = tuple(images.shape)
-        if images.dtype != torch.uint8 or len(shape) != 4 or shape[1:] != (c, s, s):
-            raise UserError(f"feature net {self.name} takes uint8 images of shape "
-                            f"(N, {c}, {s}, {s}), got {images.dtype} {shape}; quantize with "
-                            "genlab.images.to_uint8 and give images of the dataset's native size")
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -195,8 +140,6 @@ class Subset:
 
     @property
     def sha256(self) -> str:
-        from genlab.data.base import content_sha256
-
         return content_sha256(self.images, self.labels)
 
     def describe(self) -> dict[str, Any]:
@@ -209,13 +152,19 @@ class Subset:
 
 def subset(dataset: str, split: str, start: int = 0, stop: int | None = None, *,
            data_dir: str | os.PathLike | None = None, download: bool = True) -> Subset:
-    from genlab.data import load_images
-
-    data = load_images(dataset, split, data_dir, download=download)
+    """Images `[start, stop)` of a split. Audio datasets come as the spectrogram images of
+    `genlab.audio.DEFAULT`; their `split_sha256` is that of the clips."""
+    if container_of(dataset) is AudioData:
+        clips = load_audio(dataset, split, data_dir, download=download,
+                           sample_rate=SPECTROGRAM.sample_rate)
+        data, split_sha256 = clips_to_images(clips, SPECTROGRAM), clips.sha256
+    else:
+        data = load_images(dataset, split, data_dir, download=download)
+        split_sha256 = data.sha256
     n = data.images.shape[0]
     stop = n if stop is None else min(stop, n)
     labels = data.labels[start:stop] if data.labels is not None else None
-    return Subset(data.name, split, start, stop, data.images[start:stop], labels, data.sha256)
+    return Subset(data.name, split, start, stop, data.images[start:stop], labels, split_sha256)
 
 
 def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -226,24 +175,14 @@ def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 # --- training -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Plan:
-    """How the net of one dataset is trained. Flips suit clothes, not digits (a 2 is no mirror 5)."""
-
-    epochs: int
-    flips: bool
-    shift: int = 2  # random translation in pixels (zero padding)
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-
-
 PLANS: dict[str, Plan] = {
     "fashion-mnist": Plan(epochs=15, flips=True, shift=1),
     "mnist": Plan(epochs=30, flips=False),
     "digits": Plan(epochs=60, flips=False, batch_size=64),
+    # spectrogram images (genlab.audio): shifts move a word in time and pitch a little
+    "fsdd": Plan(epochs=20, flips=False, batch_size=64),
 }
-DEFAULT_PLAN = Plan(epochs=20, flips=False)  # your own labelled data (idx:DIR)
+# Other labelled data (idx:DIR) is trained with classifier.DEFAULT_PLAN.
 # mnist with only its 10k test split at hand: train on the first 8k, measure on the last 2k.
 MNIST_TEST_ONLY_SPLIT = 8000
 
@@ -252,7 +191,7 @@ def training_data(dataset: str, data_dir: str | os.PathLike | None,
                   log: Callable[[str], None]) -> tuple[Subset, Subset]:
     """(images to train on, images to measure on): the train and test splits, or for mnist
     without its train split, the first 8k and the last 2k of the test split."""
-    if dataset.startswith("folder:"):
+    if dataset.startswith(("folder:", "wav:")):
         raise UserError("a folder has no test split to measure a feature net on; use idx:DIR "
                         "holding train and test IDX files, or a named dataset")
     if dataset == "mnist":
@@ -267,43 +206,6 @@ def training_data(dataset: str, data_dir: str | os.PathLike | None,
     return subset(dataset, "train", data_dir=data_dir), subset(dataset, "test", data_dir=data_dir)
 
 
-def augment(images: Tensor, generator: torch.Generator, *, shift: int, flips: bool) -> Tensor:
-    """Random translations by up to `shift` pixels (and horizontal flips), one per image."""
-    n, _, h, w = images.shape
-    if flips:
-        flip = torch.rand(n, generator=generator) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    if shift:
-        padded = F.pad(images, (shift, shift, shift, shift))
-        dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
-        batch = torch.arange(n)[:, None, None, None]
-        chan = torch.arange(images.shape[1])[None, :, None, None]
-        images = padded[batch, chan, rows, cols]
-    return images
-
-
-def _optimizer(net: FeatureNet, plan: Plan) -> torch.optim.AdamW:
-    """AdamW decaying weights only (not biases, norms), on torch's single-tensor code path.
-
-    Built here rather than by `make_optimizer` on purpose: the trainer picks its fastest kernels
-    (fused, foreach), which round differently, and a change there must not change the bytes that
-    `genlab featurenet train` reproduces for a pinned net.
-    """
-    decay = [p for p in net.parameters() if p.dim() >= 2]
-    no_decay = [p for p in net.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": plan.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=plan.lr, betas=(0.9, 0.999), foreach=False, fused=False)
-
-
-def accuracy(net: FeatureNet, data: Subset) -> float:
-    _, logits = net.embed(data.images)
-    return float((logits.argmax(1) == data.labels).double().mean())
-
-
 def train_feature_net(dataset: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
                       epochs: int | None = None, log: Callable[[str], None] | None = None
                       ) -> tuple[FeatureNet, dict[str, Any]]:
@@ -311,49 +213,15 @@ def train_feature_net(dataset: str, *, data_dir: str | os.PathLike | None = None
 
     Returns the net (eval mode) and the metadata to save with it.
     """
-    from genlab.config import TrainConfig
-    from genlab.trainer import get_lr
-
     log = log or get_logger(__name__).info
     train, test = training_data(dataset, data_dir, log)
     if train.labels is None or test.labels is None:
         raise UserError(f"{dataset} has no labels; a feature net is trained as a classifier")
     plan = PLANS.get(train.dataset, DEFAULT_PLAN)
     epochs = plan.epochs if epochs is None else epochs
-    n = train.images.shape[0]
-    steps_per_epoch = math.ceil(n / plan.batch_size)
-    total = epochs * steps_per_epoch
-    # cosine decay with a short warm-up, via the trainer's own schedule
-    schedule = TrainConfig(lr=plan.lr, lr_schedule="cosine", warmup_steps=min(200, total // 10),
-                           min_lr_ratio=0.0)
-    _, c, h, _ = train.images.shape
-    config = FeatureNetConfig(channels=c, image_size=h, num_classes=int(train.labels.max()) + 1)
-    t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
-        torch.manual_seed(seed)
-        net = FeatureNet(config).to(memory_format=torch.channels_last)
-        optimizer = _optimizer(net, plan)
-        generator = torch.Generator().manual_seed(seed)
-        net.train()
-        step = 0
-        for epoch in range(epochs):
-            order = torch.randperm(n, generator=generator)
-            total_loss = 0.0
-            for start in range(0, n, plan.batch_size):
-                idx = order[start:start + plan.batch_size]
-                x = augment(train.images[idx], generator, shift=plan.shift, flips=plan.flips)
-                loss = F.cross_entropy(net(x), train.labels[idx])
-                for group in optimizer.param_groups:
-                    group["lr"] = get_lr(step, schedule, total)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach())
-                step += 1
-            log(f"epoch {epoch + 1}/{epochs}: loss {total_loss / steps_per_epoch:.4f} "
-                f"({time.perf_counter() - t0:.0f}s)")
-    net.eval()
-    test_accuracy = accuracy(net, test)
+    net = fit_classifier(train.images, train.labels, seed=seed, plan=plan, epochs=epochs, log=log)
+    config = net.config
+    test_accuracy = accuracy(net, test.images, test.labels)
     log(f"{dataset}: test accuracy {test_accuracy:.4f} on {test.label()}")
     meta = {"format": 1, "name": dataset, "config": asdict(config),
             "train_data": train.describe(), "test_data": test.describe(),
@@ -361,5 +229,7 @@ def train_feature_net(dataset: str, *, data_dir: str | os.PathLike | None = None
             "recipe": {**asdict(plan), "seed": seed, "epochs": epochs, "optimizer": "adamw",
                        "schedule": "cosine", "genlab": __version__, "torch": torch.__version__,
                        "threads": torch.get_num_threads()}}
+    if container_of(dataset) is AudioData:  # what turned its clips into images
+        meta["spectrogram"] = asdict(SPECTROGRAM)
     net.meta = meta
     return net, meta

@@ -38,7 +38,7 @@ Examples:
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Also look for the files in this folder.")
 def datasets(data_dir: str | None) -> None:
-    """List the datasets: size, shape, classes, and whether the files are here."""
+    """List the datasets (images and audio): size, shape, classes, whether the files are here."""
     from genlab.data import dataset_info
 
     def cell(value: object) -> str:
@@ -46,11 +46,16 @@ def datasets(data_dir: str | None) -> None:
             return "-"
         return "x".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
+    def present(d: dict) -> str:
+        if d.get("present_locally"):
+            return f"yes ({d['where']})"
+        if d.get("problem"):
+            return d["problem"]  # e.g. "checksum failed: PATH": there, but not usable
+        return "-" if d.get("train_size") is None else "no"
+
     rows = [[d["name"], cell(d.get("train_size")), cell(d.get("test_size")), cell(d.get("shape")),
-             cell(d.get("num_classes")),
-             f"yes ({d['where']})" if d.get("present_locally")
-             else "-" if d.get("train_size") is None else "no",
-             d.get("description", "")] for d in dataset_info(data_dir)]
+             cell(d.get("num_classes")), present(d), d.get("description", "")]
+            for d in dataset_info(data_dir, container=None)]
     click.echo(_table(rows, ["name", "train", "test", "shape", "classes", "present", "about"]))
 
 

@@ -1,4 +1,4 @@
-"""The loaded-data container, the data cache location, and load-time resizing."""
+"""The loaded-data containers (images, audio clips), the data cache location, load-time resizing."""
 
 from __future__ import annotations
 
@@ -33,6 +33,28 @@ class ImageData:
     class_names: list[str] | None = None
 
 
+@dataclass
+class AudioData:
+    """A whole split of audio clips held in memory: mono int16 samples at one rate.
+
+    Clips keep their own lengths (fixing a length is the audio modality's choice, see
+    `genlab.audio`). `sha256` covers the clip lengths (little-endian int64), then every clip's
+    samples (little-endian int16, in order), then the labels as for `ImageData`.
+    """
+
+    clips: list[torch.Tensor]  # each (L_i,) int16
+    sample_rate: int  # Hz
+    labels: torch.Tensor | None  # (N,) int64
+    num_classes: int
+    name: str
+    split: str
+    sha256: str
+    class_names: list[str] | None = None
+    speakers: torch.Tensor | None = None  # (N,) int64 indices into speaker_names
+    speaker_names: list[str] | None = None
+    clip_names: list[str] | None = None  # file names without the folder, for messages
+
+
 def data_root() -> pathlib.Path:
     """Where datasets are cached and downloaded: `$GENLAB_DATA`, else `~/.cache/genlab`."""
     env = os.environ.get("GENLAB_DATA")
@@ -43,6 +65,15 @@ def data_root() -> pathlib.Path:
 
 def content_sha256(images: torch.Tensor, labels: torch.Tensor | None) -> str:
     digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+    if labels is not None:
+        digest.update(labels.numpy().astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
+def audio_sha256(clips: list[torch.Tensor], labels: torch.Tensor | None) -> str:
+    digest = hashlib.sha256(np.array([len(c) for c in clips], dtype="<i8").tobytes())
+    for clip in clips:
+        digest.update(clip.numpy().astype("<i2").tobytes())
     if labels is not None:
         digest.update(labels.numpy().astype("<i8").tobytes())
     return digest.hexdigest()

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,19 +19,11 @@ from genlab.log import get_logger
 
 log = get_logger(__name__)
 
-# Base URLs tried in order; a module-level dict so tests (and users behind a proxy cache) can
-# point it elsewhere, including at file:// directories.
-URLS: dict[str, list[str]] = {
-    "mnist": [
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    ],
-    "fashion-mnist": [
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
-    ],
-    "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
-}
+# Base URLs tried in order, per dataset. Each source declares its own (`Source.urls`, in
+# genlab/data/sources/) and the registry copies them here on import; this module-level dict is
+# what `fetch` reads, so tests (and users behind a proxy cache) can point it elsewhere, including
+# at file:// directories.
+URLS: dict[str, list[str]] = {}
 TIMEOUT_S = 30.0
 
 
@@ -74,17 +67,23 @@ def mismatch(path: Path, checksum: Checksum) -> str | None:
     )
 
 
-def fetch(name: str, filename: str, dest_dir: Path, checksum: Checksum) -> Path:
+def fetch(name: str, filename: str, dest_dir: Path,
+          checksum: Checksum | Callable[[Path], str | None], *,
+          remote_name: str | None = None) -> Path:
     """Fetch `filename` from the mirrors of dataset `name` into `dest_dir`, verified.
 
-    The file appears under its final name only once complete and verified (temp file in the
-    same directory, fsync, os.replace), so an interrupted or bad download leaves nothing.
+    Each mirror's URL is its base + "/" + `remote_name` (default `filename`). `checksum` is a
+    `Checksum` or a function returning None for a good file, else what is wrong with it (for
+    archives whose compressed bytes are not stable, checked on their content). The file appears
+    under its final name only once complete and verified (temp file in the same directory,
+    fsync, os.replace), so an interrupted or bad download leaves nothing.
     Raises UserError saying why each mirror failed.
     """
+    verify = checksum if callable(checksum) else lambda path: mismatch(path, checksum)
     dest = dest_dir / filename
     failures = []
-    for base in URLS[name]:
-        url = base.rstrip("/") + "/" + filename
+    for base in URLS.get(name, ()):
+        url = base.rstrip("/") + "/" + (remote_name or filename)
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{filename}.", suffix=".part")
@@ -100,7 +99,7 @@ def fetch(name: str, filename: str, dest_dir: Path, checksum: Checksum) -> Path:
                 shutil.copyfileobj(r, out)
                 out.flush()
                 os.fsync(out.fileno())
-            problem = mismatch(tmp, checksum)
+            problem = verify(tmp)
             if problem is None:
                 tmp.chmod(default_mode())  # mkstemp makes it 0600; a shared cache is read by others
                 os.replace(tmp, dest)

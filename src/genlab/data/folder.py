@@ -1,4 +1,5 @@
-"""A folder of image files, optionally one subfolder per class."""
+"""A folder of image files (or, through `class_files`, any files), optionally one subfolder per
+class."""
 
 from __future__ import annotations
 
@@ -12,16 +13,47 @@ from genlab.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+def _is_file(path: Path, suffixes: tuple[str, ...]) -> bool:
+    return path.suffix.lower() in suffixes and path.is_file()
 
 
-def _images_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if _is_file(p, suffixes)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def class_files(root: Path, suffixes: tuple[str, ...], what: str, prefix: str
+                ) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
+    """The files of a `folder:`-style layout: (files, labels or None, class names or None).
+
+    With subfolders, each subfolder holding such files (at any depth) is a class, sorted by
+    name; otherwise the files directly in `root` are unlabeled. Hidden entries are skipped.
+    `what` ("images") and `prefix` ("folder", of the spec folder:PATH) word the errors.
+    """
+    if not root.is_dir():
+        raise UserError(f"{prefix}:{root} is not a directory; pass {prefix}:PATH of your {what}")
+    loose = sorted(p for p in root.iterdir() if _is_file(p, suffixes))
+    classes = {
+        d.name: files
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and (files := _files_under(d, suffixes))
+    }
+    if classes and loose:
+        raise UserError(
+            f"{root} has {what} both at the top level (e.g. {loose[0].name}) and in class "
+            f"subfolders; move the top-level {what} into a class subfolder"
+        )
+    if not classes and not loose:
+        raise UserError(f"no {what} ({', '.join(suffixes)}) found in {root}")
+    if not classes:
+        return loose, None, None
+    files = [f for group in classes.values() for f in group]
+    labels = np.repeat(np.arange(len(classes)), [len(g) for g in classes.values()])
+    return files, labels, list(classes)
 
 
 def load_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
@@ -30,26 +62,7 @@ def load_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | 
     With subfolders, each subfolder holding images is a class (sorted by name); otherwise the
     images directly in `root` are unlabeled. C is 1 when every image is greyscale, else 3.
     """
-    if not root.is_dir():
-        raise UserError(f"folder:{root} is not a directory; pass folder:PATH of your images")
-    loose = sorted(p for p in root.iterdir() if _is_image(p))
-    classes = {
-        d.name: files
-        for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and (files := _images_under(d))
-    }
-    if classes and loose:
-        raise UserError(
-            f"{root} has images both at the top level (e.g. {loose[0].name}) and in class "
-            "subfolders; move the top-level images into a class subfolder"
-        )
-    if not classes and not loose:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
-    if classes:
-        files = [f for group in classes.values() for f in group]
-        labels = np.repeat(np.arange(len(classes)), [len(g) for g in classes.values()])
-    else:
-        files = loose
+    files, labels, class_names = class_files(root, IMAGE_SUFFIXES, "images", "folder")
 
     arrays = []
     for path in files:
@@ -66,9 +79,7 @@ def load_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | 
     else:
         arrays = [a[..., None] for a in arrays]
     images = np.stack(arrays).transpose(0, 3, 1, 2)
-    if classes:
-        return images, labels, list(classes)
-    return images, None, None
+    return images, labels, class_names
 
 
 def _read_image(path: Path) -> np.ndarray:
