@@ -78,6 +78,17 @@ def _norm_2d(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def _generator_class_embedding(num_classes: int, nz: int) -> nn.Embedding:
+    """The class vectors a generator concatenates to z, drawn N(0, 0.1^2) instead of
+    nn.Embedding's N(0, 1). At full size they matched z's scale, and the class term, the same for
+    every sample of a class, took over: within 100 steps on fashion-mnist every sample of a class
+    was nearly the same image (within-class pixel std 0.04 against 0.19 for real images) and
+    stayed so (issue 21). Small, the class term grows only as fast as the generator needs it."""
+    embed = nn.Embedding(num_classes, nz)
+    nn.init.normal_(embed.weight, 0.0, 0.1)
+    return embed
+
+
 class GAN(GenerativeModel, Discriminator):
     """Shared adversarial training; subclasses build `generator` and `discriminator`."""
 
@@ -264,7 +275,7 @@ class MLPGenerator(nn.Module):
         super().__init__()
         h, k = config.hidden, config.num_classes
         self.shape = (config.channels, config.image_size, config.image_size)
-        self.embed = nn.Embedding(k, config.nz) if k else None
+        self.embed = _generator_class_embedding(k, config.nz) if k else None
         in_dim = config.nz * (2 if k else 1)
         self.net = nn.Sequential(
             nn.Linear(in_dim, h), nn.LeakyReLU(0.2),
@@ -378,7 +389,7 @@ class DCGenerator(nn.Module):
         super().__init__()
         base, n_up = dcgan_layout(config.image_size)
         k = config.num_classes
-        self.embed = nn.Embedding(k, config.nz) if k else None
+        self.embed = _generator_class_embedding(k, config.nz) if k else None
         ch = config.ngf * 2 ** (n_up - 1)
         layers: list[nn.Module] = [
             LatentConvTranspose2d(config.nz * (2 if k else 1), ch, base, 1, 0, bias=False),
