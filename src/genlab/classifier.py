@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import UserError
+from genlab.log import get_logger
 
 Log = Callable[[str], None]
 
@@ -197,7 +197,7 @@ def fit_classifier(images: Tensor, labels: Tensor, *, seed: int = 0,
     with `net.meta["fit"]` saying how it was fitted (epochs run, chosen epoch, validation
     accuracies). Deterministic for a seed; the global RNG is left as it was.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or get_logger(__name__).info
     check_labelled(images, labels, "fit_classifier")
     k = int(labels.max()) + 1 if num_classes is None else num_classes
     if k < 2 or int(labels.max()) >= k:

@@ -106,12 +106,13 @@ Example:
 @click.option("--overwrite", is_flag=True, help="Use an --out folder that holds other files or "
               "another run: genlab removes only the files it wrote there.")
 def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -> None:
-    """Train the offline demo: a DCGAN on the bundled 8x8 digits, with a sample grid and loss curve.
+    """Train the offline demo: a class-conditional DCGAN on the bundled 8x8 digits, with a sample
+    grid (one column per digit) and loss curve.
 
-    Needs no download. A few minutes on a laptop CPU. Running it again replaces the previous
-    demo in the same folder, when that folder holds only what the demo wrote; a folder with
-    anything else in it (another run, your files) needs --overwrite, and even then genlab removes
-    only the files it wrote.
+    Needs no download. About a minute or two on a laptop CPU. Running it again replaces the
+    previous demo in the same folder, when that folder holds only what the demo wrote; a folder
+    with anything else in it (another run, your files) needs --overwrite, and even then genlab
+    removes only the files it wrote.
     """
     from genlab.config import load_preset
     from genlab.rundir import RUN_FILE, foreign_entries, read_run
@@ -126,11 +127,11 @@ def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -
                                   str(record.get("command") or "").startswith("genlab demo"))
     preset = load_preset("demo")
     total = steps or preset["train"]["steps"]
-    click.echo(f"genlab demo: a small DCGAN learns scikit-learn's 8x8 digits (shown at 32x32) "
+    click.echo(f"genlab demo: a small class-conditional DCGAN learns scikit-learn's 8x8 digits "
                f"for {total} steps in {out_dir}, then writes samples.png (generated digits) and "
                "loss.png; after the first steps it says how long the rest will take", err=True)
-    req = TrainRequest(model="dcgan", data="digits", preset="demo", steps=steps, seed=seed,
-                       out=out, device=device, precision="auto", overwrite=overwrite,
+    req = TrainRequest(model="dcgan", data="digits", preset="demo", conditional=True, steps=steps,
+                       seed=seed, out=out, device=device, precision="auto", overwrite=overwrite,
                        command=command_line())
     run_dir = run_training(req)
     _print_outputs(run_dir)

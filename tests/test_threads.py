@@ -1,0 +1,62 @@
+"""genlab._threads: the OpenMP wait policy is set before torch loads, and never over the user's."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genlab._threads import WAIT_VARIABLES, configure_threads
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def test_sets_a_passive_wait_policy_before_torch_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh CLI process
+    env: dict[str, str] = {"OMP_NUM_THREADS": "2"}
+    assert configure_threads(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert env == {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@pytest.mark.parametrize("name", WAIT_VARIABLES)
+def test_a_users_own_setting_wins(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.delitem(sys.modules, "torch")
+    env = {name: "ACTIVE" if name == "OMP_WAIT_POLICY" else "1000"}
+    before = dict(env)
+    assert configure_threads(env) == {}
+    assert env == before
+
+
+def test_does_nothing_once_torch_is_loaded() -> None:
+    assert "torch" in sys.modules  # the test suite imported it; libgomp has read its settings
+    env: dict[str, str] = {}
+    assert configure_threads(env) == {}
+    assert env == {}
+
+
+def _libgomp() -> str:
+    """The OpenMP runtime torch's CPU wheels ship (GNU libgomp), without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    assert spec is not None and spec.submodule_search_locations
+    found = sorted(Path(spec.submodule_search_locations[0], "lib").glob("libgomp*.so*"))
+    assert found, "torch ships no libgomp here"
+    return str(found[0])
+
+
+@pytest.mark.parametrize(("configure", "spin_count"), [(True, "0"), (False, "300000")])
+def test_libgomp_reads_the_policy_when_set_before_it_loads(configure: bool,
+                                                           spin_count: str) -> None:
+    # OMP_DISPLAY_ENV=verbose makes libgomp print, as it loads, the settings it read; PASSIVE
+    # means a spin count of 0, its default (nothing set) 300,000 spins before a thread sleeps
+    code = ("import ctypes, sys; from genlab._threads import configure_threads; "
+            f"configure_threads() if {configure} else None; ctypes.CDLL(sys.argv[1])")
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    env.update(PYTHONPATH=SRC, OMP_DISPLAY_ENV="verbose")
+    out = subprocess.run([sys.executable, "-c", code, _libgomp()], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"GOMP_SPINCOUNT = '{spin_count}'" in out.stderr, out.stderr
