@@ -35,6 +35,9 @@ def _user_message(e: UserError) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m genlab`."""
+    from genlab._threads import configure_threads
+
+    configure_threads()  # before anything imports torch: OpenMP reads it once, at load
     from genlab.cli import eval, info, serve, train, vae  # noqa: F401  (registers the commands)
     from genlab.log import logger, to_stderr
 
