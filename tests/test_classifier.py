@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from genlab.train import get_lr
+from genlab.trainer import get_lr
 
 from genlab.classifier import FeatureNet, Plan, accuracy, cosine_lr, fit_classifier, predict
 from genlab.config import TrainConfig
