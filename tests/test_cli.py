@@ -299,3 +299,11 @@ def test_eval_of_a_text_run_and_runs_shows_its_validation_loss(tmp_path: Path, t
     assert "perplexity" in stdout
     code, stdout, _ = run_cli("runs", tmp_path / "runs")
     assert code == 0 and f"val_loss={report['val_loss']:.3f}" in stdout
+
+
+def test_the_data_help_names_every_registered_dataset() -> None:
+    from genlab.cli.train import DATA_HELP
+    from genlab.data.catalog import spec_names
+
+    missing = [name for name in spec_names() if name.split(":")[0] not in DATA_HELP]
+    assert not missing
