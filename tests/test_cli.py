@@ -269,6 +269,7 @@ def test_a_gpu_preset_on_a_cpu_is_warned_about_and_the_first_steps_give_an_estim
 
 def test_eval_of_a_run_on_data_without_a_feature_net(run_cli, tiny_run: Path,
                                                      tmp_path: Path) -> None:
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # eval writes eval.json into it
     code, _, err = run_cli("eval", tiny_run, "--n", "16")
     assert code == 2 and "no feature net for idx:" in err
     assert f"genlab eval {tiny_run} --real fashion-mnist" in err
