@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from genlab.trainer import get_lr
 
 from genlab.classifier import FeatureNet, Plan, accuracy, cosine_lr, fit_classifier, predict
 from genlab.config import TrainConfig
 from genlab.errors import UserError
+from genlab.trainer import get_lr
 
 FAST = Plan(epochs=6, flips=False, shift=1, batch_size=16, lr=3e-3)
 
