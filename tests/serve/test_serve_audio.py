@@ -55,9 +55,9 @@ def test_audio_route_returns_base64_wavs(audio_live):
     assert status == 200, body
     assert body["sample_rate"] == 8000 and body["seed"] == 3
     assert [d["label"] for d in body["data"]] == [1, 2]
-    wavs = [base64.b64decode(d["b64_json"]) for d in body["data"]]
+    wavs = [base64.b64decode(d["b64_wav"]) for d in body["data"]]
     assert [wav_format(w) for w in wavs] == [(1, 2, 8000, DEFAULT.clip_samples)] * 2
-    assert all(base64.b64decode(d["spectrogram_b64"])[:4] == b"\x89PNG" for d in body["data"])
+    assert all(base64.b64decode(d["b64_png"])[:4] == b"\x89PNG" for d in body["data"])
     # the same bytes as `genlab sample` (genlab.generate) with the same request
     assert wavs == genlab.generate(run, n=2, seed=3, label=[1, 2]).wav_files()
 

@@ -270,7 +270,7 @@ def _add_model_routes(app: FastAPI, state: ServerState, settings: ServeSettings)
 
     @app.post("/v1/audio/generations", response_model=None, summary="Clips from an audio model",
               openapi_extra=_body("AudioRequest"),
-              responses={200: {"model": AudioResponse, "description": "b64_json: one base64 "
+              responses={200: {"model": AudioResponse, "description": "b64_wav: one base64 "
                                "WAV (8 kHz mono 16-bit PCM) per clip, and its spectrogram PNG"},
                          **_errors(401, 403, 404, 413, 422, 429, 503, 504)})
     async def audio(request: Request) -> Response:
@@ -289,8 +289,8 @@ def _add_model_routes(app: FastAPI, state: ServerState, settings: ServeSettings)
             samples = served.modality.generate(served.model, gen)
             labels = samples.labels.tolist() if samples.labels is not None else [None] * body.n
             return {"sample_rate": samples.sample_rate,
-                    "data": [{"b64_json": base64.b64encode(wav).decode(),
-                              "spectrogram_b64": base64.b64encode(png).decode(), "label": y}
+                    "data": [{"b64_wav": base64.b64encode(wav).decode(),
+                              "b64_png": base64.b64encode(png).decode(), "label": y}
                              for wav, png, y in zip(samples.wav_files(),
                                                     image_pngs(samples.images), labels)]}
 

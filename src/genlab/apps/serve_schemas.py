@@ -55,8 +55,8 @@ class AudioRequest(ImagesRequest):
     spectrogram as a base64 PNG."""
 
     n: Annotated[int, Field(ge=1, le=MAX_CLIPS, description="Clips to draw.")] = 1
-    response_format: Literal["b64_json"] = Field(
-        "b64_json", description="b64_json: JSON with one base64 WAV per clip.")
+    response_format: Literal["b64_wav"] = Field(
+        "b64_wav", description="b64_wav: JSON with one base64 WAV per clip.")
 
 
 class CompletionsRequest(Strict):
@@ -109,8 +109,8 @@ class ImagesResponse(BaseModel):
 
 
 class AudioDatum(BaseModel):
-    b64_json: str = Field(description="A WAV file, base64: 16-bit PCM, mono, 8 kHz.")
-    spectrogram_b64: str = Field(description="Its spectrogram, a base64 PNG.")
+    b64_wav: str = Field(description="A WAV file, base64: 16-bit PCM, mono, 8 kHz.")
+    b64_png: str = Field(description="Its spectrogram, a base64 PNG.")
     label: int | None
 
 
