@@ -187,3 +187,21 @@ def test_what_is_scored_is_the_sound():
 
 def test_audio_is_registered_for_the_contract_battery():
     assert MODALITIES["audio"].feeds == MODELS["dcgan"].modality
+
+
+def test_eval_every_scores_the_sound_during_training(tmp_path, wav_spec, monkeypatch):
+    """--eval-every with a feature net for the data (fsdd's in real runs; the tones' net here):
+    fd and kid of generated clips in metrics.jsonl, and best/ kept by fd."""
+    from genlab.featurenet import load_feature_net
+    from genlab.modalities import audio
+
+    net = tiny_feature_net(wav_spec, tmp_path / "tones.safetensors")
+    monkeypatch.setattr(audio, "feature_net_for", lambda dataset: load_feature_net(net))
+    run = train(TrainRequest(model="dcgan", data=wav_spec, steps=4, batch_size=8,
+                             out=str(tmp_path / "run"), device="cpu", eval_every=2,
+                             overrides=(*TINY, *DCGAN, "train.eval_n=16")))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "eval/fd" in r]
+    assert [r["step"] for r in scored] == [2, 4]
+    assert all(r["eval/fd"] > 0 and "eval/kid_mean" in r for r in scored)
+    assert (run / "best").is_dir()
