@@ -154,7 +154,8 @@ Examples:
 @click.option("--n", "n", type=int, help="Samples to draw [default: 64 images, 1 text].")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="grid.png (a grid) or samples.npz (uint8 `images`, and `labels`); for text, a "
-              ".txt file (default: stream to stdout).")
+              ".txt file (default: stream to stdout); for audio, x.wav (the clips in a row, and "
+              "x.png of their spectrograms) or x.zip (a WAV per clip), see docs/audio.md.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="The same seed gives the same samples (and the same bytes).")
 @click.option("--label", type=int, help="Class to draw (conditional models) [default: every "
