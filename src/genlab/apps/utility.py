@@ -349,6 +349,7 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
     if test.sha256 == real.sha256:
         raise UserError(f"{data} has no separate test split (its test images are its training "
                         "images); use a dataset with a test split")
+    fake = load_fake(req.fake, real) if req.fake else None  # its errors before any other
     per_class = req.real_per_class
     if per_class is None:
         per_class = subset_info["per_class"] if subset_info else (0 if record else 100)
@@ -375,7 +376,7 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
             "checkpoint_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
         source = generator_source(model, real)
     else:
-        fake_images, fake_labels, digest = load_fake(req.fake, real)
+        fake_images, fake_labels, digest = fake  # type: ignore[misc]  (req.fake was given)
         provenance["generator"] = {"fake": str(req.fake), "fake_sha256": digest,
                                    "checkpoint_sha256": None}
         source = fake_source(fake_images, fake_labels)
