@@ -263,10 +263,11 @@ def generator_source(model: Any, real: ImageData) -> Source:
     """Labelled samples of a conditional image model through the generation API, classes
     0..K-1 in turn, resized to the real images' size."""
     from genlab.generation import GenerationRequest
-    from genlab.modalities import generate
+    from genlab.modalities import generate, get_modality
+    from genlab.modalities.image import ImageSamples
 
     k, (c, side, _) = real.num_classes, real.images.shape[1:]
-    if getattr(model, "modality", "image") != "image":
+    if get_modality(model.modality).samples_class is not ImageSamples:
         raise UserError(f"genlab utility needs an image generator; this run made {model.modality}")
     if model.num_classes != k:
         raise UserError(f"genlab utility needs a conditional generator with {k} classes (train "
