@@ -209,3 +209,19 @@ def test_json_is_one_object_with_the_keys(tmp_path, run_cli, train_tiny):
     assert prov["genlab"] and prov["seeds"]["classifier"]
     assert json.loads((run / "utility.json").read_text()) == report
     assert "| R |" in (run / "utility.md").read_text()
+
+
+def test_generator_seeds_pair_each_classifier_seed_with_a_run(tmp_path, run_cli, train_tiny):
+    runs = [train_tiny(tmp_path / f"g{seed}", steps=2, conditional=True, seed=seed,
+                       overrides=("train.per_class=8",)) for seed in (0, 1)]
+    code, out, err = run_cli("utility", runs[0], "--generator-seeds", runs[1], "--arms", "S",
+                             "--seeds", "2", "--steps", "2", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["leakage"]["status"] == "ok"
+    gens = report["provenance"]["generators"]
+    assert [g["run"] for g in gens] == [str(r) for r in runs]
+    assert gens[0]["subset_sha256"] != gens[1]["subset_sha256"]  # each its own seed's subset
+    assert report["provenance"]["seeds"]["subset"] == [0, 1]
+    code, _, err = run_cli("utility", runs[0], "--generator-seeds", runs[1], "--seeds", "1")
+    assert code == 2 and "--seeds 2" in err

@@ -63,6 +63,9 @@ class UtilityRequest:
     """What `genlab utility` was asked; `None` means "not given"."""
 
     run_dir: str | None = None  # a conditional image generator's run folder, or
+    # more runs of the generator's recipe trained with other seeds: classifier seed s uses run
+    # s mod G (and the subset that run trained on), so the intervals include generator variance
+    generator_seeds: tuple[str, ...] = ()
     fake: str | None = None  # an .npz of labelled samples (`images`, `labels`)
     data: str | None = None  # the real dataset (default: the run's)
     data_dir: str | None = None
@@ -335,11 +338,19 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
     t0 = time.perf_counter()
     if (req.run_dir is None) == (req.fake is None):
         raise UserError("give either a RUN_DIR (a conditional image generator) or --fake FILE.npz")
+    if req.generator_seeds and req.fake:
+        raise UserError("--generator-seeds takes generator runs; it does not apply to --fake")
     arms = parse_arms(req.arms or (FAST_ARMS if req.fast else ARMS))
     seeds = req.seeds or (1 if req.fast else DEFAULT_SEEDS)
     steps = req.steps or (FAST_STEPS if req.fast else DEFAULT_STEPS)
-    record = read_run(req.run_dir) if req.run_dir else None
-    subset_info = (record or {}).get("data_info", {}).get("subset")
+    runs = [req.run_dir, *req.generator_seeds] if req.run_dir else []
+    if len(runs) > seeds:
+        raise UserError(f"{len(runs)} generator runs need --seeds {len(runs)} or more (each "
+                        "classifier seed uses one run in turn)")
+    records = [read_run(run) for run in runs]
+    record = records[0] if records else None
+    subsets = [r.get("data_info", {}).get("subset") for r in records]
+    subset_info = subsets[0] if subsets else None
     data = req.data or (record or {}).get("data_info", {}).get("name") or (record or {}).get("data")
     if not data:
         raise UserError("--fake needs --data DATASET, the real data to train and test on")
@@ -354,33 +365,45 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
     per_class = req.real_per_class
     if per_class is None:
         per_class = subset_info["per_class"] if subset_info else (0 if record else 100)
-    subset_seed = req.subset_seed if req.subset_seed is not None else (
-        subset_info["seed"] if subset_info else 0)
-    r_idx = (per_class_indices(real.labels, per_class, subset_seed, "--real-per-class")
-             if per_class else torch.arange(len(real.images)))
-    r_hash = subset_sha256(r_idx, real.sha256, "train")
-    leakage = check_leakage(record, real, r_hash, req.allow_leak)  # before any training
-    r_images, r_labels = real.images[r_idx], real.labels[r_idx]
-    n_r = len(r_idx)
+    # one setup per generator run (one for --fake): R is the subset that generator trained on
+    setups = []
+    for i, run_record in enumerate(records or [None]):
+        sub = subsets[i] if records else None
+        subset_seed = req.subset_seed if req.subset_seed is not None else (
+            sub["seed"] if sub else 0)
+        r_idx = (per_class_indices(real.labels, per_class, subset_seed, "--real-per-class")
+                 if per_class else torch.arange(len(real.images)))
+        r_hash = subset_sha256(r_idx, real.sha256, "train")
+        leak = check_leakage(run_record, real, r_hash, req.allow_leak)  # before any training
+        setups.append({"r": (real.images[r_idx], real.labels[r_idx]), "hash": r_hash,
+                       "leakage": leak, "subset_seed": subset_seed})
+    n_r = len(setups[0]["r"][0])
     large_n = min(req.large_n or LARGE_FACTOR * n_r, MAX_SAMPLES)
+    leakage = setups[0]["leakage"]
+    if len(setups) > 1:
+        worst = next((x["leakage"] for x in setups if x["leakage"]["status"] != "ok"), leakage)
+        leakage = {**worst, "per_generator": [x["leakage"] for x in setups]}
     provenance: dict[str, Any] = {"genlab": __version__, "command": req.command,
                                   "data": real.name, "data_sha256": real.sha256,
-                                  "test_sha256": test.sha256, "subset_sha256": r_hash,
+                                  "test_sha256": test.sha256, "subset_sha256": setups[0]["hash"],
                                   "leakage": leakage}
-    if record is not None:
-        model = load_model(req.run_dir, which=req.which, device=req.device)
-        manifest = checkpoint_path(req.run_dir, req.which) / "manifest.json"
-        provenance["generator"] = {
-            "run": str(req.run_dir), "model": record.get("model"), "which": req.which,
-            "step": model.checkpoint_step,
+    for run, run_record, setup in zip(runs, records, setups, strict=False):
+        model = load_model(run, which=req.which, device=req.device)
+        manifest = checkpoint_path(run, req.which) / "manifest.json"
+        setup["generator"] = {
+            "run": str(run), "model": run_record.get("model"), "which": req.which,
+            "step": model.checkpoint_step, "subset_sha256": setup["hash"],
             # the manifest lists the SHA-256 of every file of the checkpoint
             "checkpoint_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
-        source = generator_source(model, real)
-    else:
-        fake_images, fake_labels, digest = fake  # type: ignore[misc]  (req.fake was given)
-        provenance["generator"] = {"fake": str(req.fake), "fake_sha256": digest,
-                                   "checkpoint_sha256": None}
-        source = fake_source(fake_images, fake_labels)
+        setup["source"] = generator_source(model, real)
+    if fake is not None:
+        fake_images, fake_labels, digest = fake
+        setups[0]["generator"] = {"fake": str(req.fake), "fake_sha256": digest,
+                                  "checkpoint_sha256": None}
+        setups[0]["source"] = fake_source(fake_images, fake_labels)
+    provenance["generator"] = setups[0]["generator"]
+    if len(setups) > 1:
+        provenance["generators"] = [x["generator"] for x in setups]
     rec = recipe(req.plan, steps)
     provenance["recipe"] = rec
     provenance["recipe_sha256"] = hashlib.sha256(
@@ -397,12 +420,15 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
     seeds_used, sample_seeds = [], []
     copies = None
     for s in range(seeds):
+        setup = setups[s % len(setups)]  # classifier seed s pairs with generator s mod G
+        r_images, r_labels = setup["r"]
         fit_seed, sample_seed = derive_seed(req.seed, s), derive_seed(req.seed, 1000 + s)
         seeds_used.append(fit_seed)
         sample_seeds.append(sample_seed)
-        s_images, s_labels = source(need, sample_seed) if need else (r_images[:0], r_labels[:0])
-        if s == 0 and need:
-            copies = copy_fraction(s_images[:n_r], r_images)
+        s_images, s_labels = (setup["source"](need, sample_seed) if need
+                              else (r_images[:0], r_labels[:0]))
+        if need and s < len(setups):
+            copies = max(copies or 0.0, copy_fraction(s_images[:n_r], r_images))
         for arm in arms:
             x, y = _arm_set(arm, r_images, r_labels, s_images, s_labels, sizes,
                             torch.Generator().manual_seed(derive_seed(fit_seed, 17)))
@@ -434,7 +460,8 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
             notes.append(f"{arm}: the synthetic pool held only {n} of the {sizes[arm]} images "
                          "asked for")
     provenance["seeds"] = {"base": req.seed, "classifier": seeds_used, "samples": sample_seeds,
-                           "subset": subset_seed}
+                           "subset": [x["subset_seed"] for x in setups] if len(setups) > 1
+                           else setups[0]["subset_seed"]}
     provenance["seconds"] = round(time.perf_counter() - t0, 1)
     report = {**report, "real_per_class": per_class or "all", "seeds": seeds, "steps": steps,
               "copies_of_R": copies, "leakage": leakage, "notes": notes,

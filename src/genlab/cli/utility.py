@@ -42,6 +42,9 @@ def _per_class(value: str | None) -> int | None:
               help="Labelled samples from any tool: an .npz with uint8 `images` and `labels`.")
 @click.option("--real-per-class", help="Real images per class for R: a count or 'all' "
               "(default: the generator's train.per_class; 100 with --fake).")
+@click.option("--generator-seeds", help="Comma-separated run folders of the same generator "
+              "recipe trained with other seeds; classifier seed s uses run s mod G, so the "
+              "intervals include generator variance.")
 @click.option("--seeds", type=click.IntRange(1, 1000),
               help="Classifier seeds per arm (default 5; 1 with --fast).")
 @click.option("--fast", is_flag=True, help="One seed, arms R, S, R+S:k=1, 300 steps.")
@@ -67,7 +70,8 @@ def _per_class(value: str | None) -> int | None:
               type=click.Choice(["auto", "cpu", "cuda", "mps"]),
               help="Where the generator samples (the classifiers train on the CPU).")
 def utility_command(run_dir: str | None, data: str | None, data_dir: str | None,
-                    fake: str | None, real_per_class: str | None, seeds: int | None, fast: bool,
+                    fake: str | None, real_per_class: str | None, generator_seeds: str | None,
+                    seeds: int | None, fast: bool,
                     arms: str | None, steps: int | None, large_n: int | None, seed: int,
                     subset_seed: int | None, allow_leak: bool, as_json: bool, out: str | None,
                     which: str, device: str) -> None:
@@ -79,7 +83,10 @@ def utility_command(run_dir: str | None, data: str | None, data_dir: str | None,
 
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-    req = UtilityRequest(run_dir=run_dir, fake=fake, data=data, data_dir=data_dir,
+    extra = tuple(p for p in (generator_seeds or "").split(",") if p)
+    if extra and run_dir is None:
+        raise UserError("--generator-seeds adds runs to a RUN_DIR; give the first run too")
+    req = UtilityRequest(run_dir=run_dir, generator_seeds=extra, fake=fake, data=data, data_dir=data_dir,
                          real_per_class=_per_class(real_per_class), seeds=seeds, fast=fast,
                          arms=tuple(arms.split(",")) if arms else None, steps=steps,
                          large_n=large_n, seed=seed, subset_seed=subset_seed,
