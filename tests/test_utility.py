@@ -225,3 +225,14 @@ def test_generator_seeds_pair_each_classifier_seed_with_a_run(tmp_path, run_cli,
     assert report["provenance"]["seeds"]["subset"] == [0, 1]
     code, _, err = run_cli("utility", runs[0], "--generator-seeds", runs[1], "--seeds", "1")
     assert code == 2 and "--seeds 2" in err
+
+
+def test_unconditional_generator_and_bad_flags_exit_2(run_cli, tiny_run):
+    code, _, err = run_cli("utility", tiny_run, "--fast", "--steps", "2")
+    assert code == 2 and "conditional" in err
+    code, _, err = run_cli("utility", tiny_run, "--arms", "R,Q")
+    assert code == 2 and "unknown arm 'Q'" in err
+    code, _, err = run_cli("utility", tiny_run, "--real-per-class", "x")
+    assert code == 2 and "--real-per-class" in err
+    code, _, err = run_cli("utility")
+    assert code == 2 and "--fake" in err
