@@ -107,6 +107,10 @@ def test_per_class_subset_is_seeded_balanced_and_recorded(tmp_path, train_tiny, 
     assert info["n"] == 32 and info["subset"]["per_class"] == 8
     assert info["subset"]["sha256"] == subset_sha256(a, data.sha256, "train")
     assert info["sha256"] == data.sha256  # the whole split's, as the resume check expects
+    from genlab.runs import TrainRequest, train
+
+    train(TrainRequest(resume=str(run), steps=3, device="cpu"))  # the same subset on resume
+    assert json.loads((run / "run.json").read_text())["data_info"]["subset"] == info["subset"]
 
 
 def test_per_class_bad_values_exit_2(tmp_path, run_cli, idx_spec):
