@@ -340,6 +340,9 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
         raise UserError("give either a RUN_DIR (a conditional image generator) or --fake FILE.npz")
     if req.generator_seeds and req.fake:
         raise UserError("--generator-seeds takes generator runs; it does not apply to --fake")
+    out = req.out or req.run_dir  # a missing run folder is read_run's error, below
+    if req.out is not None and not Path(req.out).is_dir():  # now, not after the training
+        raise UserError(f"--out {req.out} is not a folder; utility.json goes there")
     arms = parse_arms(req.arms or (FAST_ARMS if req.fast else ARMS))
     seeds = req.seeds or (1 if req.fast else DEFAULT_SEEDS)
     steps = req.steps or (FAST_STEPS if req.fast else DEFAULT_STEPS)
@@ -466,7 +469,6 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
     report = {**report, "real_per_class": per_class or "all", "seeds": seeds, "steps": steps,
               "copies_of_R": copies, "leakage": leakage, "notes": notes,
               "provenance": provenance}
-    out = req.out or req.run_dir
     if out is not None:
         write_report(report, Path(out))
     return report
