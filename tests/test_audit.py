@@ -4,7 +4,9 @@ real runs through the command line, and the report card."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +251,33 @@ def test_audit_of_a_text_run(tmp_path: Path, train_tiny, text_file: Path, run_cl
     # the tiny text is one line repeated: every held-out window is in the training text
     assert overlap["heldout"] == 1.0
     assert report["n_generated"] == 2 and report["provenance"]["model"] == "gpt"
+
+
+# --- the report card -----------------------------------------------------------------------------
+
+def test_report_is_self_contained_and_shows_audit_and_utility(tmp_path: Path, tiny_run: Path,
+                                                              run_cli) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, _, err = run_cli("audit", run, "--n", 32, "--bootstrap", 20)
+    assert code == 0, err
+    (run / "utility.json").write_text(json.dumps(
+        {"arms": {"R": {"accuracy": 0.91, "ci95": [0.89, 0.93]}},
+         "paired_vs_R": {"S": {"difference": -0.2, "ci95": [-0.25, -0.15]}}}))
+    out = tmp_path / "report.html"
+    code, stdout, err = run_cli("report", run, tiny_run, "--out", out)
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?://", page)  # nothing to fetch
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 5  # 2 grids, 2 loss curves, the near-copies PNG
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert not re.search(r'src="(?!data:)', page)
+    assert "paired_vs_R" in page and "[-0.250, -0.150]" in page
+    assert "discriminator" in page and "closer to train" in page
+    code, _, err = run_cli("report", tmp_path / "nope", "--out", out)
+    assert code == 2 and "no run at" in err

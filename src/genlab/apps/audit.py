@@ -148,9 +148,9 @@ def audit_images(train: torch.Tensor, heldout: torch.Tensor, generated: torch.Te
         report["attacks"][name] = attack_report(scores_m, scores_n, seed=seed,
                                                 bootstrap=bootstrap)
     report["audit_seconds"] = round(time.perf_counter() - t0, 3)
-    # generated (left) beside its nearest training image (right), closest first
+    # generated (left) beside its nearest training image (right), closest first, 4 pairs a row
     pairs = torch.stack([generated[worst], train[nearest_train[worst]]], 1)
-    png = grid_png(pairs.reshape(-1, *generated.shape[1:]), nrow=2, min_side=128)
+    png = grid_png(pairs.reshape(-1, *generated.shape[1:]), nrow=8, min_side=256)
     return report, png
 
 
