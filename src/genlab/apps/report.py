@@ -35,16 +35,20 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
        color: #1d1d1f; background: #fafafa; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 p.sub { color: #666; margin: 0 0 18px; }
-table.card { border-collapse: collapse; background: #fff; box-shadow: 0 1px 3px #0002; }
+table.card { border-collapse: collapse; background: #fff; box-shadow: 0 1px 3px #0002;
+       table-layout: fixed; width: 100%; }
+table.card col.key { width: 110px; }
 table.card > tbody > tr > th { text-align: left; vertical-align: top; padding: 10px 12px;
        background: #f0f0f3; width: 120px; font-weight: 600; border-bottom: 1px solid #ddd; }
 table.card > tbody > tr > td { vertical-align: top; padding: 10px 14px; border-bottom: 1px solid #ddd;
-       border-left: 1px solid #eee; min-width: 320px; max-width: 560px; }
+       border-left: 1px solid #eee; overflow-x: auto; }
 table.card > thead th { padding: 10px 14px; text-align: left; background: #2b3a55; color: #fff;
        font-size: 15px; }
 table.m { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 2px 0 6px; }
-table.m th, table.m td { padding: 2px 10px 2px 0; text-align: left; font-size: 13px; }
-table.m th { color: #555; font-weight: 600; border-bottom: 1px solid #ccc; }
+table.m th, table.m td { padding: 2px 10px 2px 0; text-align: left; font-size: 13px;
+       overflow-wrap: break-word; }
+.nw { white-space: nowrap; }
+table.m th { color: #555; font-weight: 600; border-bottom: 1px solid #ccc; white-space: nowrap; }
 img { max-width: 100%; image-rendering: pixelated; display: block; }
 .muted { color: #777; font-size: 12px; }
 .none { color: #999; font-style: italic; }
@@ -75,6 +79,10 @@ def _ci(ci: Any) -> str:
                                                            for v in ci):
         return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
     return ""
+
+
+def _fraction(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) else "–"
 
 
 def _img(png: bytes, alt: str, width: int | None = None) -> str:
@@ -213,9 +221,10 @@ def _attack_rows(attacks: dict[str, Any]) -> list[list[str]]:
     for name, a in attacks.items():
         low = (a.get("auc_ci95") or [0.5])[0]
         cls = "flag" if isinstance(low, int | float) and low > 0.5 else ""
-        rows.append([_e(name), f'<span class="{cls}">{_num(a.get("auc"), 3)}</span> '
-                     f'{_ci(a.get("auc_ci95"))}', _num(a.get("tpr_at_1pct_fpr"), 3),
-                     _num(a.get("tpr_at_0.1pct_fpr"), 3)])
+        auc = (f'<span class="nw"><span class="{cls}">{_num(a.get("auc"), 3)}</span> '
+               f'{_ci(a.get("auc_ci95"))}</span>')
+        rows.append([f'<span class="nw">{_e(name)}</span>', auc,
+                     _num(a.get("tpr_at_1pct_fpr"), 3), _num(a.get("tpr_at_0.1pct_fpr"), 3)])
     return rows
 
 
@@ -226,8 +235,11 @@ def _audit(run: Path, report: dict[str, Any] | None) -> str:
     if "ngram_overlap" in report:
         o = report["ngram_overlap"]
         parts.append(_table(["", f"{o.get('n')}-char windows verbatim in training text"],
-                            [["generated", _num(o.get("generated"), 3)],
-                             ["held-out (baseline)", _num(o.get("heldout"), 3)]]))
+                            [["generated", _fraction(o.get("generated"))],
+                             ["held-out (baseline)", _fraction(o.get("heldout"))]]))
+        parts.append(f'<div class="muted">training text {_e(report.get("n_train"))} characters, '
+                     f'held-out {_e(report.get("n_heldout"))}; {_e(report.get("n_generated"))} '
+                     f'samples, {_e(o.get("generated_windows"))} windows</div>')
     if report.get("closer_to_train"):
         c = report["closer_to_train"]
         flag = "flag" if c["ci95"][0] > 0.5 else "ok"
@@ -243,13 +255,15 @@ def _audit(run: Path, report: dict[str, Any] | None) -> str:
                      f'{_ci(nc.get("ci95"))}; held-out baseline {_num(nc.get("baseline_fraction"))})'
                      f' <span class="muted">ratio threshold {_num(nc["threshold"], 3)}</span></div>')
     if report.get("attacks"):
-        parts.append(_table(["attack", "AUC [95%]", "TPR@1%FPR", "TPR@0.1%FPR"],
+        parts.append(_table(["attack", "AUC [95%]", "TPR 1%", "TPR 0.1%"],
                             _attack_rows(report["attacks"])))
+        parts.append('<div class="muted">TPR 1% / 0.1%: members found at 1% / 0.1% false '
+                     "positives (– : too few non-members to measure)</div>")
     zu = report.get("data_copying") or {}
     if zu.get("zu") is not None:
         parts.append(f'<div>Meehan Z<sub>U</sub> ({_e(zu.get("space"))}): {_num(zu["zu"], 3)} '
                      '<span class="muted">(below −3: copying)</span></div>')
-    if report.get("n_train") is not None:
+    if report.get("closer_to_train"):
         parts.append(f'<div class="muted">members {_e(report.get("n_train"))}, held-out '
                      f'{_e(report.get("n_heldout"))}, generated {_e(report.get("n_generated"))}'
                      "</div>")
@@ -283,8 +297,9 @@ def _header(run: Path, record: dict[str, Any]) -> str:
                            "manifest)</span>"],
             ["genlab", _e(versions.get("genlab", "–") if isinstance(versions, dict) else "–")],
             ["created", _e(record.get("created", "–"))]]
-    return _table(None, rows) + f'<div class="muted"><code>{_e(record.get("command"))}' \
-        "</code></div>"
+    command = record.get("command")
+    return _table(None, rows) + (f'<div class="muted"><code>{_e(command)}</code></div>'
+                                 if command else "")
 
 
 # --- the page -------------------------------------------------------------------------------------
@@ -323,7 +338,9 @@ def build_report(runs: Sequence[str | Path]) -> str:
             "figure from the files in each run folder (eval.json, audit.json, utility.json, "
             f"metrics.jsonl); made by genlab {_e(__version__)}. Numbers in brackets are 95% "
             "intervals.</p>"
-            f'<table class="card"><thead><tr><th></th>{head}</tr></thead><tbody>'
+            # equal columns, none narrower than a sample grid: wide pages scroll sideways
+            f'<table class="card" style="min-width:{110 + 540 * len(columns)}px">'
+            f'<col class="key">{"<col>" * len(columns)}<thead><tr><th></th>{head}</tr></thead><tbody>'
             f"{''.join(rows)}</tbody></table></body></html>\n")
 
 
