@@ -281,3 +281,16 @@ def test_report_is_self_contained_and_shows_audit_and_utility(tmp_path: Path, ti
     assert "discriminator" in page and "closer to train" in page
     code, _, err = run_cli("report", tmp_path / "nope", "--out", out)
     assert code == 2 and "no run at" in err
+
+
+def test_audit_of_a_conditional_run_scores_with_labels(tmp_path: Path, tiny_conditional_run: Path,
+                                                       run_cli) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_conditional_run, run)
+    code, out, err = run_cli("audit", run, "--n", 24, "--bootstrap", 20, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert set(report["attacks"]) == {"nearest_generated", "discriminator"}
+    assert 0 <= report["attacks"]["discriminator"]["auc"] <= 1
