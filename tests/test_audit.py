@@ -294,3 +294,14 @@ def test_audit_of_a_conditional_run_scores_with_labels(tmp_path: Path, tiny_cond
     report = json.loads(out)
     assert set(report["attacks"]) == {"nearest_generated", "discriminator"}
     assert 0 <= report["attacks"]["discriminator"]["auc"] <= 1
+
+
+def test_an_attack_with_non_finite_scores_is_skipped_with_a_note(real_sets) -> None:
+    train, held, fresh = real_sets
+
+    def diverged(images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return torch.full((images.shape[0],), float("nan"))
+
+    report, _ = audit_images(train, held, fresh, seed=0, bootstrap=20,
+                             scorers={"elbo": diverged}, log=lambda _: None)
+    assert "elbo" not in report["attacks"] and "non-finite" in report["notes"][0]

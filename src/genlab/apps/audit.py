@@ -131,7 +131,7 @@ def audit_images(train: torch.Tensor, heldout: torch.Tensor, generated: torch.Te
         "spaces": {"pixels": {k: v for k, v in pixels.items() if k != "attack"},
                    "features": None},
         "n_train": m, "n_heldout": m, "n_generated": int(generated.shape[0]),
-        "n_train_total": int(train.shape[0])}
+        "n_train_total": int(train.shape[0]), "notes": []}
     if embed is not None:
         log(f"feature space: embedding {train.shape[0] + m + generated.shape[0]} images")
         train_f = embed(train)
@@ -145,6 +145,10 @@ def audit_images(train: torch.Tensor, heldout: torch.Tensor, generated: torch.Te
         log(f"attack {name}: scoring {m} members and {m} held-out images")
         scores_m = scorer(mem_images, mem_labels).detach().double().cpu()
         scores_n = scorer(held_images, held_labels).detach().double().cpu()
+        if not (scores_m.isfinite().all() and scores_n.isfinite().all()):
+            # a diverged model: say so rather than lose the rest of the audit
+            report["notes"].append(f"attack {name} skipped: the model gave non-finite scores")
+            continue
         report["attacks"][name] = attack_report(scores_m, scores_n, seed=seed,
                                                 bootstrap=bootstrap)
     report["audit_seconds"] = round(time.perf_counter() - t0, 3)
@@ -269,7 +273,7 @@ def audit_image_run(run_dir: Path, model: GenerativeModel, record: dict[str, Any
         embed=embed, scorers=scorers, train_labels=train.labels if model.num_classes else None,
         heldout_labels=held.labels if model.num_classes else None, log=log)
     report["feature_net"] = net_info
-    report["notes"] = notes
+    report["notes"] = notes + report["notes"]
     report["data"] = {"spec": spec, "train_sha256": train.sha256, "heldout_sha256": held.sha256,
                       "heldout": f"{train.name}:test"}
     return report, png
@@ -342,7 +346,7 @@ def audit_fake(fake: str | os.PathLike, data: str, *, n: int = DEFAULT_N, seed: 
     embed, net_info = _embedder(train.name, feature_net, tuple(train.images.shape[1:]), notes)
     report, _ = audit_images(train.images, held.images, images, seed=seed, bootstrap=bootstrap,
                              members=members, embed=embed, log=log)
-    report.update({"feature_net": net_info, "notes": notes,
+    report.update({"feature_net": net_info, "notes": notes + report["notes"],
                    "data": {"spec": data, "train_sha256": train.sha256,
                             "heldout_sha256": held.sha256, "heldout": f"{train.name}:test"}})
     report["provenance"] = {**provenance(None, None, {}, seed=seed, which="", command=command),
