@@ -108,9 +108,13 @@ Example:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bf16 where the CPU/GPU runs it natively (AVX-512 BF16, AMX), else fp32.")
 @click.option("--overwrite", is_flag=True, help="Use an --out folder that holds other files or "
               "another run: genlab removes only the files it wrote there.")
-def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -> None:
+def demo(out: str, steps: int | None, seed: int, device: str, precision: str,
+         overwrite: bool) -> None:
     """Train the offline demo: a class-conditional DCGAN on the bundled 8x8 digits, with a sample
     grid (one column per digit) and loss curve.
 
@@ -136,7 +140,7 @@ def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -
                f"for {total} steps in {out_dir}, then writes samples.png (generated digits) and "
                "loss.png; after the first steps it says how long the rest will take", err=True)
     req = TrainRequest(model="dcgan", data="digits", preset="demo", conditional=True, steps=steps,
-                       seed=seed, out=out, device=device, precision="auto", overwrite=overwrite,
+                       seed=seed, out=out, device=device, precision=precision, overwrite=overwrite,
                        command=command_line())
     run_dir = run_training(req)
     _print_outputs(run_dir)
