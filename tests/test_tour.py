@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import write_idx_dataset
 
+from conftest import write_idx_dataset
 from genlab.data import catalog
 from genlab.data.download import Checksum
 from genlab.models import MODELS
@@ -130,7 +130,7 @@ def test_the_readme_tour_runs_as_written(run_cli, tmp_path, monkeypatch) -> None
         if args[0] == "serve":
             serve_once(args, tmp_path)
             continue
-        code, out, err = run_cli(*args)
+        code, _, err = run_cli(*args)
         assert code == 0, f"genlab {shlex.join(args)} exited {code}: {err}"
         for flag in ("--out",):
             if flag in args and args[0] != "train":

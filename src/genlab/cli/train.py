@@ -159,7 +159,7 @@ Examples:
 @click.option("--out", type=click.Path(dir_okay=False),
               help="grid.png (a grid) or samples.npz (uint8 `images`, and `labels`); for text, a "
               ".txt file (default: stream to stdout).")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="The same seed gives the same samples (and the same bytes).")
 @click.option("--label", type=int, help="Class to draw (conditional models) [default: every "
               "class in turn].")
@@ -169,16 +169,16 @@ Examples:
 @click.option("--prompt", help="Text the samples start with (text models).")
 @click.option("--max-new-tokens", type=int,
               help="Tokens to generate after the prompt (text models) [default: 500].")
-@click.option("--temperature", type=float,
+@click.option("--temperature", type=FiniteFloat(),
               help="Softmax temperature, 0 = greedy (text models) [default: 1].")
 @click.option("--top-k", type=int, help="Sample among the k likeliest tokens.")
-@click.option("--top-p", type=float,
+@click.option("--top-p", type=FiniteFloat(),
               help="Sample among the likeliest tokens holding probability p (nucleus).")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context for every token "
               "instead of using the KV cache (slower; for checking).")
 @click.option("--sampler", help="Sampler of a diffusion model (ddim, ddpm, euler, heun).")
 @click.option("--sample-steps", type=int, help="Sampling steps of a diffusion model.")
-@click.option("--guidance", type=float, help="Classifier-free guidance weight (conditional "
+@click.option("--guidance", type=FiniteFloat(), help="Classifier-free guidance weight (conditional "
               "diffusion models) [default: none].")
 def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int | None,
            which: str, device: str, prompt: str | None, max_new_tokens: int | None,
