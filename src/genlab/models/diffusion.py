@@ -130,13 +130,16 @@ def time_embedding(t: Tensor, dim: int) -> Tensor:
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, plus the time (and class) embedding, GN-SiLU-dropout-conv, with a skip."""
+    """GN-SiLU-conv, GN with a scale and shift from the time (and class) embedding, SiLU-dropout-
+    conv, with a skip. The embedding acts after the norm (ADM's scale-shift norm, Dhariwal &
+    Nichol 2021, https://arxiv.org/abs/2105.05233): a per-channel bias added before a group norm
+    with one channel per group (small widths) is normalised away, and the net would not see t."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -144,8 +147,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

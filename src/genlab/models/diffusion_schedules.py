@@ -241,7 +241,7 @@ def flow_euler_sample(predict: Predict, x_1: Tensor, steps: int) -> Tensor:
     x = x_1
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
     for t, t_next in itertools.pairwise(times):
-        v = predict(x, torch.full((x.shape[0],), t, device=x.device))
+        v = predict(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
         x = x + (t_next - t) * v
     return x
 
@@ -255,10 +255,10 @@ def flow_heun_sample(predict: Predict, x_1: Tensor, steps: int) -> Tensor:
     x = x_1
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
     for t, t_next in itertools.pairwise(times):
-        v = predict(x, torch.full((x.shape[0],), t, device=x.device))
+        v = predict(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
         x_euler = x + (t_next - t) * v
         if t_next > 0:
-            v_next = predict(x_euler, torch.full((x.shape[0],), t_next, device=x.device))
+            v_next = predict(x_euler, torch.full((x.shape[0],), t_next, device=x.device, dtype=x.dtype))
             x = x + (t_next - t) * 0.5 * (v + v_next)
         else:
             x = x_euler
