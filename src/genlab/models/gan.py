@@ -34,6 +34,7 @@ from genlab.models.base import (
     unit_to_signed,
 )
 from genlab.models.gan_losses import LOSSES, gradient_penalty
+from genlab.models.layers import ema_update
 
 
 @dataclass
@@ -212,20 +213,11 @@ class GAN(GenerativeModel, Discriminator):
 
     # --- EMA ---------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        """EMA of generator weights with a warm-up, so short runs are not dominated by the init."""
-        if self.generator_ema is None:
-            return
-        self.ema_steps += 1
-        # decay grows as (1 + t) / (10 + t) up to ema_decay (the warm-up used by TF's EMA)
-        t = self.ema_steps.float()
-        decay = torch.clamp((1.0 + t) / (10.0 + t), max=self.config.ema_decay)
-        ema_params = list(self.generator_ema.parameters())
-        params = list(self.generator.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buf, buf in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            ema_buf.copy_(buf)
+        """EMA of generator weights with a warm-up, so short runs are not dominated by the init
+        (`layers.ema_update`)."""
+        if self.generator_ema is not None:
+            ema_update(self.generator_ema, self.generator, self.ema_steps, self.config.ema_decay)
 
     # --- sampling ----------------------------------------------------------------------------------
 
