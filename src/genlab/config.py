@@ -56,6 +56,9 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (0 = only at the end)
     eval_every: int = 0  # steps between in-training evaluations (0 = off)
     eval_n: int = 2000  # samples per in-training evaluation
+    # images: train on this many per class, chosen by `seed` (labelled data only); 0 = all.
+    # run.json records the subset's hash (genlab.data.subset), which `genlab utility` checks
+    per_class: int = 0
 
     def validate(self) -> None:
         for name, allowed in TRAIN_RANGES.items():
@@ -88,6 +91,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "checkpoint_every": _STEPS,
     "eval_every": _STEPS,
     "eval_n": Range(0, MAX_SAMPLES, integer=True),
+    "per_class": Range(0, MAX_SAMPLES, integer=True),
 }
 
 # The train settings `--resume` may change: how fast and how long to go on, and how often to log,
