@@ -74,9 +74,6 @@ def check_train_config(train: Any) -> None:
                         "by the last step) or train.dp_noise_multiplier=S, one of them, not both")
     if train.grad_accum != 1:
         raise UserError("--dp clips each example's gradient itself: train.grad_accum must be 1")
-    if train.grad_clip > 0:
-        raise UserError("--dp clips each example's gradient to train.dp_clip_norm; leave "
-                        "train.grad_clip at 0")
     if train.compile:
         raise UserError("--dp computes per-sample gradients with hooks that torch.compile does "
                         "not keep; drop --compile")
@@ -123,7 +120,10 @@ def private_config(model_cls: type, model_config: Any, train: Any) -> Any:
     """The model config a private run builds: a GAN discriminator's batch norm -> group norm."""
     if not train.dp or private_family(model_cls) != "gan":
         return model_config
-    if model_config.discriminator_norm == "batch":
+    with torch.random.fork_rng(devices=[]):  # a probe: the run's random streams stay as they are
+        # build_networks uses only its config (the families' networks are built from it alone)
+        _, probe = model_cls.build_networks(None, model_config)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
         log.info("--dp: the discriminator's batch norm is replaced by group norm "
                  "(model.d_norm=layer, GroupNorm with one group): batch norm mixes the examples "
                  "of a batch, so a per-example gradient would not bound one example's influence")
@@ -221,12 +221,36 @@ def per_sample_grads(params: list[nn.Parameter], batch: int) -> list[Tensor]:
     return out
 
 
-def clip_and_sum(grads: list[Tensor], clip_norm: float) -> tuple[list[Tensor], Tensor]:
-    """Clip each example's gradient (over all parameters together) to L2 norm `clip_norm` and
-    sum over the batch: (summed gradients, per-example norms before clipping)."""
+def clip_factors(grads: list[Tensor], clip_norm: float) -> tuple[Tensor, Tensor]:
+    """Per example `(B,)`: the factor that scales its gradient (all parameters together) to L2
+    norm at most `clip_norm`, and the norm before clipping. As Opacus: min(1, C / (norm + 1e-6))."""
     norms = torch.stack([g.flatten(1).norm(2, dim=1) for g in grads], 1).norm(2, dim=1)
-    factor = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+    return (clip_norm / (norms + 1e-6)).clamp(max=1.0), norms
+
+
+def clip_and_sum(grads: list[Tensor], clip_norm: float) -> tuple[list[Tensor], Tensor]:
+    """The sum over the batch of the clipped per-example gradients, and the norms before."""
+    factor, norms = clip_factors(grads, clip_norm)
     return [torch.einsum("b,b...->...", factor, g) for g in grads], norms
+
+
+def private_network(model: nn.Module) -> nn.Module:
+    """The network that reads the training data: a GAN's discriminator, else the whole model."""
+    return model.discriminator if private_family(type(model)) == "gan" else model
+
+
+def prepare_network(network: nn.Module) -> None:
+    """Make `network` safe for Opacus's hooks, in place, with the same values. Call it before
+    optimizers are made (`runs` does; `PrivateTraining` again, a no-op then).
+
+    - NCHW weights: Opacus 1.6's conv per-sample gradient is wrong for channels_last weights
+      with more than one input channel (tests/test_dp.py compares it with one backward per
+      example; the DCGAN's second conv was off by 100%).
+    - No in-place activations: they would overwrite the output the hooks hand to autograd."""
+    network.to(memory_format=torch.contiguous_format)
+    for m in network.modules():
+        if getattr(m, "inplace", False):
+            m.inplace = False
 
 
 class PrivateTraining:
@@ -243,13 +267,14 @@ class PrivateTraining:
 
         self.model = model
         self.family = private_family(type(model))
-        self.network: nn.Module = model.discriminator if self.family == "gan" else model
+        self.network = private_network(model)
+        prepare_network(self.network)
         self.params = [p for p in self.network.parameters() if p.requires_grad]
-        for m in self.network.modules():
-            # an in-place activation would overwrite the output the hooks hand to autograd;
-            # out of place, the same values (no weights or state change)
-            if getattr(m, "inplace", False):
-                m.inplace = False
+        mixing = [name for name, m in self.network.named_modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if mixing:  # its batch statistics mix examples: no per-example gradient exists
+            raise UserError(f"--dp cannot train a network with batch norm ({mixing[0]}); use "
+                            "group or layer norm")
         # GAN: the real terms are summed per example; VAE: the family's mean loss (Opacus
         # rescales its per-sample gradients by the batch size)
         self.hooks = GradSampleHooks(self.network, batch_first=True,
@@ -360,7 +385,7 @@ class PrivateTraining:
                     p.grad = g
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                return dict(self._last_out)
+                return dict(self._last_out) or {"loss": torch.zeros((), device=_device(batch))}
             for p in self.params:
                 p.grad_sample = None
             self.hooks.enable_hooks()
@@ -411,6 +436,10 @@ class _PrivateOptimizer:
         return getattr(self.optimizer, name)
 
 
+def _device(batch: dict[str, Tensor]) -> torch.device:
+    return batch["images"].device
+
+
 def _drop_activations(module: nn.Module) -> None:
     """Activations a forward pass stored without a backward (an error mid-step) would pile up."""
     for m in module.modules():
@@ -455,5 +484,9 @@ def attach(model: nn.Module, train: Any, batcher: Any, *, total_steps: int,
         log.warning(f"--dp: training to step {total_steps} spends epsilon {planned:.3g}, more "
                     f"than the target train.dp_epsilon={train.dp_epsilon:g} the noise was "
                     "chosen for")
+    if train.grad_clip > 0:
+        log.info(f"--dp: train.grad_clip={train.grad_clip:g} does not apply to the private "
+                 f"{'discriminator' if private.family == 'gan' else 'model'}, whose examples' "
+                 f"gradients are clipped to train.dp_clip_norm={train.dp_clip_norm:g} instead")
     model.privacy = private
     return private, PoissonBatcher(batcher.images, batcher.labels, q, train.seed)

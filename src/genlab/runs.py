@@ -249,6 +249,10 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
     model_config = private_config(model_cls, prepared.model_config, train_cfg)
     model_config.validate()
     model = model_cls(model_config).to(device)
+    if train_cfg.dp:
+        from genlab.privacy_dp import prepare_network, private_network
+
+        prepare_network(private_network(model))
     model.modality = modality.name
     if device.type == "cuda":
         # shapes are fixed within a run, so cuDNN may time its conv algorithms once and keep the
