@@ -42,6 +42,7 @@ not a cryptographically secure source (Opacus's `secure_mode` is).
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -135,7 +136,8 @@ def check_delta(delta: float, n: int) -> None:
     if delta > 1.0 / (10 * n):
         raise UserError(f"train.dp_delta={delta:g} is larger than 1/(10 n) = {1 / (10 * n):.3g} "
                         f"for the {n} training examples: delta is the chance the guarantee "
-                        "fails, and near 1/n it allows leaking one whole example; lower it")
+                        "fails, and near 1/n it allows leaking one whole example; lower it, "
+                        f"e.g. --set train.dp_delta={10 ** math.floor(math.log10(0.1 / n)):g}")
 
 
 # --- the accountant --------------------------------------------------------------------------------
