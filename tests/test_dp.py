@@ -319,3 +319,28 @@ def test_tiny_private_runs_through_the_cli(run_cli, idx_spec, tmp_path: Path, mo
     assert f"{dp['epsilon_spent']:.3g}" in listing.splitlines()[2]
     code, _, err = run_cli("sample", out, "--n", 4, "--out", tmp_path / f"{model}.png")
     assert code == 0, err
+
+
+def test_an_empty_poisson_sample_is_a_noise_only_step() -> None:
+    """Poisson sampling may draw no example: the step adds noise alone and is accounted."""
+    from genlab.models.vae import MLPVAE, MLPVAEConfig
+
+    torch.manual_seed(0)
+    vae = MLPVAE(MLPVAEConfig(channels=1, image_size=28, nz=4, hidden=8, pixel_features=2))
+    private = _private(vae, noise=1.0, clip=1.0)
+    opts = vae.configure_optimizers(TrainConfig())
+    step = private.wrap(vae.train_step)
+    before = [p.detach().clone() for p in vae.parameters()]
+    empty = {"images": torch.zeros(0, 1, 28, 28, dtype=torch.uint8)}
+    out = step(empty, opts)
+    assert torch.isfinite(out["loss"]) and private.accountant.history == [(1.0, 0.125, 1)]
+    assert all(not torch.equal(a, p) for a, p in zip(before, vae.parameters()))
+    out = step(_real(3), opts)  # a real batch after it
+    assert torch.isfinite(out["loss"]) and private.accountant.history == [(1.0, 0.125, 2)]
+    gan = _tiny_dcgan()
+    private = _private(gan, noise=1.0, clip=1.0)
+    out = gan.train_step({"images": torch.zeros(0, 1, 28, 28, dtype=torch.uint8),
+                          "labels": torch.zeros(0, dtype=torch.long)},
+                         gan.configure_optimizers(TrainConfig()))
+    assert all(torch.isfinite(v) for v in out.values())
+    assert private.accountant.history == [(1.0, 0.125, 1)]
