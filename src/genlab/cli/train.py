@@ -67,11 +67,16 @@ DATA_HELP = ("Dataset: digits, mnist, fashion-mnist, cifar10, fsdd (spoken digit
               help="Start again in an --out folder that holds a run: genlab removes the files it "
                    "wrote there and nothing else; or train in a folder of other files beside "
                    "them.")
+@click.option("--dp", is_flag=True, default=None,
+              help="Differentially private training (needs the dp extra, Opacus): give "
+                   "--set train.dp_epsilon=E, or train.dp_noise_multiplier and "
+                   "train.dp_clip_norm. See docs/dp.md.")
 def train(model: str | None, data: str | None, data_dir: str | None, steps: int | None,
           epochs: float | None, batch_size: int | None, out: str | None, seed: int | None,
           device: str, precision: str | None, compile_: bool | None, eval_every: int | None,
           preset: str | None, overrides: tuple[str, ...], conditional: bool, resume: str | None,
-          init_from: str | None, overwrite: bool, preset_file: str | None) -> None:
+          init_from: str | None, overwrite: bool, preset_file: str | None,
+          dp: bool | None) -> None:
     """Train MODEL on a dataset; writes checkpoints, samples, metrics.jsonl and loss.png."""
     from genlab.distributed import is_main_process
     from genlab.runs import TrainRequest
@@ -84,7 +89,7 @@ def train(model: str | None, data: str | None, data_dir: str | None, steps: int 
                        precision=precision, compile=compile_, eval_every=eval_every, preset=preset,
                        overrides=overrides, conditional=conditional, resume=resume,
                        init_from=init_from, overwrite=overwrite, preset_file=preset_file,
-                       command=command_line())
+                       command=command_line(), dp=bool(dp))
     run_dir = run_training(req)
     if is_main_process():  # under torchrun, rank 0 reports for all
         _print_outputs(run_dir)
