@@ -54,7 +54,7 @@ from genlab.limits import check_path
 from genlab.log import get_logger
 from genlab.modalities import Modality, get_modality, modality_for_data
 from genlab.models import GenerativeModel, get_model_class
-from genlab.privacy_dp import check_model, private_config
+from genlab.privacy_dp import check_model, check_train_config, private_config
 from genlab.rundir import (
     METRICS_FILE,
     RUN_FILE,
@@ -98,6 +98,7 @@ def build_configs(model_name: str, *, preset: str | None, overrides: Sequence[st
     model_config = config_from_dict(model_cls.config_class, model_values, "model")
     train = config_from_dict(TrainConfig, train_values, "train")
     train.validate()
+    check_train_config(train)  # the dp fields' cross-field rules (config cannot import them)
     model_config.validate(partial=True)
     model_cls.validate_train_config(model_config, train)
     check_model(model_cls, model_config, train)
