@@ -305,3 +305,16 @@ def test_an_attack_with_non_finite_scores_is_skipped_with_a_note(real_sets) -> N
     report, _ = audit_images(train, held, fresh, seed=0, bootstrap=20,
                              scorers={"elbo": diverged}, log=lambda _: None)
     assert "elbo" not in report["attacks"] and "non-finite" in report["notes"][0]
+
+
+def test_an_audio_run_without_a_test_split_is_one_clear_error(tmp_path: Path, train_tiny,
+                                                              run_cli) -> None:
+    from genlab.modalities import MODALITIES
+
+    audio = [m for m in MODALITIES.values() if m.unit == "clip"]
+    if not audio:
+        pytest.skip("no audio modality registered")
+    spec = audio[0].tiny_data(tmp_path / "wavs")  # wav:DIR: one split only
+    run = train_tiny(tmp_path / "run", model="dcgan", steps=1, data=spec)
+    code, _, err = run_cli("audit", run, "--n", 16)
+    assert code == 2 and "no held-out split" in err and err.count("\n") == 1

@@ -203,11 +203,13 @@ def model_scorers(model: GenerativeModel, size: int | None, seed: int) -> dict[s
 # --- a run, or --fake samples ----------------------------------------------------------------------
 
 def _splits(spec: str, data_dir: str | os.PathLike | None) -> tuple[Any, Any]:
-    from genlab.data import load_images
+    """Both splits of a dataset as images: `featurenet.subset` reads image datasets as they are
+    and audio datasets as the spectrogram images their runs train on."""
+    from genlab.featurenet import subset
 
-    train = load_images(spec, "train", data_dir)
-    held = load_images(spec, "test", data_dir)
-    if held.sha256 == train.sha256:
+    train = subset(spec, "train", data_dir=data_dir)
+    held = subset(spec, "test", data_dir=data_dir)
+    if held.split_sha256 == train.split_sha256:
         raise UserError(f"{spec} has no held-out split apart from its training images (a folder "
                         "has one split); audit a run trained on a dataset with a test split")
     return train, held
@@ -257,12 +259,12 @@ def audit_image_run(run_dir: Path, model: GenerativeModel, record: dict[str, Any
     spec = record["data"]
     train, held = _splits(spec, data_dir or record.get("data_dir"))
     seen = record.get("data_info", {}).get("sha256")
-    if seen and seen != train.sha256:
+    if seen and seen != train.sha256:  # of the images (spectrograms for audio), as runs record
         notes.append(f"warning: the training split of {spec} differs from the one the run saw "
                      "(checksum); members may not be the run's training images")
     log(f"sampling {n} images from {run_dir} (seed {seed})")
     generated = _generated(model, n, seed, train.images.shape[-1], notes)
-    embed, net_info = _embedder(train.name, feature_net, tuple(train.images.shape[1:]), notes)
+    embed, net_info = _embedder(train.dataset, feature_net, tuple(train.images.shape[1:]), notes)
     labelled = train.labels is not None and held.labels is not None
     if model.num_classes and not labelled:
         notes.append("conditional model without labels in the data: model attacks skipped")
@@ -275,7 +277,7 @@ def audit_image_run(run_dir: Path, model: GenerativeModel, record: dict[str, Any
     report["feature_net"] = net_info
     report["notes"] = notes + report["notes"]
     report["data"] = {"spec": spec, "train_sha256": train.sha256, "heldout_sha256": held.sha256,
-                      "heldout": f"{train.name}:test"}
+                      "heldout": f"{train.dataset}:test"}
     return report, png
 
 
@@ -343,12 +345,12 @@ def audit_fake(fake: str | os.PathLike, data: str, *, n: int = DEFAULT_N, seed: 
     notes: list[str] = []
     train, held = _splits(data, data_dir)
     images = images[torch.from_numpy(choose(images.shape[0], n, seed))]
-    embed, net_info = _embedder(train.name, feature_net, tuple(train.images.shape[1:]), notes)
+    embed, net_info = _embedder(train.dataset, feature_net, tuple(train.images.shape[1:]), notes)
     report, _ = audit_images(train.images, held.images, images, seed=seed, bootstrap=bootstrap,
                              members=members, embed=embed, log=log)
     report.update({"feature_net": net_info, "notes": notes + report["notes"],
                    "data": {"spec": data, "train_sha256": train.sha256,
-                            "heldout_sha256": held.sha256, "heldout": f"{train.name}:test"}})
+                            "heldout_sha256": held.sha256, "heldout": f"{train.dataset}:test"}})
     report["provenance"] = {**provenance(None, None, {}, seed=seed, which="", command=command),
                             "fake": str(fake)}
     return report
