@@ -369,11 +369,13 @@ def format_report(report: dict[str, Any]) -> str:
         nc = report["near_copies"]
         lines.append(f"near-copies: {nc['count']} of {report['n_generated']} "
                      f"({nc['fraction']:.4f}; held-out baseline {nc['baseline_fraction']})")
+    def rate(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
     for name, a in report["attacks"].items():
-        low = a["tpr_at_0.1pct_fpr"]
         lines.append(f"attack {name}: AUC {a['auc']:.3f} [{a['auc_ci95'][0]:.3f}, "
-                     f"{a['auc_ci95'][1]:.3f}], TPR@1%FPR {a['tpr_at_1pct_fpr']}, TPR@0.1%FPR "
-                     f"{'n/a' if low is None else round(low, 4)}")
+                     f"{a['auc_ci95'][1]:.3f}], TPR@1%FPR {rate(a['tpr_at_1pct_fpr'])}, "
+                     f"TPR@0.1%FPR {rate(a['tpr_at_0.1pct_fpr'])}")
     zu = report.get("data_copying") or {}
     if zu.get("zu") is not None:
         lines.append(f"Z_U ({zu['space']}): {zu['zu']:.2f} (negative = copying)")
