@@ -318,3 +318,12 @@ def test_an_audio_run_without_a_test_split_is_one_clear_error(tmp_path: Path, tr
     run = train_tiny(tmp_path / "run", model="dcgan", steps=1, data=spec)
     code, _, err = run_cli("audit", run, "--n", 16)
     assert code == 2 and "no held-out split" in err and err.count("\n") == 1
+
+
+def test_a_collapsed_generator_gets_a_warning(real_sets) -> None:
+    train, held, fresh = real_sets
+    collapsed = fresh[:1].expand(300, -1, -1, -1).clone()
+    report, _ = audit_images(train, held, collapsed, seed=0, bootstrap=20, log=lambda _: None)
+    assert any("nearly alike" in n for n in report["notes"])
+    report, _ = audit_images(train, held, fresh, seed=0, bootstrap=20, log=lambda _: None)
+    assert not report["notes"]

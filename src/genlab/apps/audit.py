@@ -151,6 +151,15 @@ def audit_images(train: torch.Tensor, heldout: torch.Tensor, generated: torch.Te
             continue
         report["attacks"][name] = attack_report(scores_m, scores_n, seed=seed,
                                                 bootstrap=bootstrap)
+    # a collapsed generator (samples nearly alike) turns (1) into one coin flip repeated: say so
+    spread_g = nearest(_unit(generated), _unit(generated), 2)[0][:, 1].median()
+    spread_h = nearest(_unit(held_images), _unit(held_images), 2)[0][:, 1].median()
+    report["sample_spread"] = {"generated": float(spread_g), "heldout": float(spread_h)}
+    if spread_g < 0.25 * spread_h:
+        report["notes"].append(
+            f"warning: the generated samples are nearly alike (median distance to the nearest "
+            f"other sample {float(spread_g):.3g}, held-out images {float(spread_h):.3g}): the "
+            "closer-to-train interval assumes independent samples and is not meaningful here")
     report["audit_seconds"] = round(time.perf_counter() - t0, 3)
     # generated (left) beside its nearest training image (right), closest first, 4 pairs a row
     pairs = torch.stack([generated[worst], train[nearest_train[worst]]], 1)
@@ -379,4 +388,5 @@ def format_report(report: dict[str, Any]) -> str:
     zu = report.get("data_copying") or {}
     if zu.get("zu") is not None:
         lines.append(f"Z_U ({zu['space']}): {zu['zu']:.2f} (negative = copying)")
+    lines += [n for n in report.get("notes", []) if n.startswith("warning")]
     return "\n".join(lines)

@@ -267,6 +267,9 @@ def _audit(run: Path, report: dict[str, Any] | None) -> str:
         parts.append(f'<div class="muted">members {_e(report.get("n_train"))}, held-out '
                      f'{_e(report.get("n_heldout"))}, generated {_e(report.get("n_generated"))}'
                      "</div>")
+    for note in report.get("notes") or []:
+        if isinstance(note, str) and note.startswith("warning"):
+            parts.append(f'<div class="flag" style="font-weight:400">{_e(note)}</div>')
     copies = run / "audit_copies.png"
     if copies.is_file():
         parts.append('<div class="muted">closest samples (left) beside their nearest training '
