@@ -13,7 +13,8 @@ import torch
 from genlab import evaluation
 from genlab.config import TrainConfig
 from genlab.data import load_images, resize_images
-from genlab.data.catalog import DATASETS
+from genlab.data.base import ImageData
+from genlab.data.catalog import DATASETS, container_of
 from genlab.data.idx import write_idx
 from genlab.data.subset import per_class_indices, subset_sha256
 from genlab.errors import UserError
@@ -160,7 +161,9 @@ class ImageModality(Modality):
     samples_class = ImageSamples
 
     def claims(self, spec: str) -> bool:
-        return spec.startswith(SPEC_PREFIXES) or spec.lower().replace("_", "-") in DATASETS
+        name = spec.lower().replace("_", "-")  # a named dataset of images, not of clips (fsdd)
+        return spec.startswith(SPEC_PREFIXES) or (name in DATASETS
+                                                  and container_of(name) is ImageData)
 
     def prepare(self, spec: str, data_dir: str | None, model_cls: type[GenerativeModel],
                 model_config: Any, train: TrainConfig, *, conditional: bool,
