@@ -349,3 +349,31 @@ def test_an_empty_poisson_sample_is_a_noise_only_step() -> None:
                          gan.configure_optimizers(TrainConfig()))
     assert all(torch.isfinite(v) for v in out.values())
     assert private.accountant.history == [(1.0, 0.125, 1)]
+
+
+def test_vae_per_sample_grads_match_explicit_ones(monkeypatch) -> None:
+    """The whole-model case: Opacus's hooks on the family's own mean loss (rescaled by the batch
+    size) give each example's gradient, through both uses of the label embedding."""
+    from genlab.models.vae import ConvVAE, ConvVAEConfig
+
+    torch.manual_seed(0)
+    vae = ConvVAE(ConvVAEConfig(channels=1, image_size=28, num_classes=4, nz=4, width=4,
+                                hidden=8, pixel_features=4))
+    private = _private(vae, noise=0.0, clip=1e9)
+    eps, rows = torch.randn(8, 4), [slice(None)]
+    monkeypatch.setattr(torch, "randn_like", lambda t: eps[rows[0]])  # the same draw per example
+    batch = _real(4)
+    batch["labels"] = torch.arange(8) % 4
+    private.hooks.enable_hooks()
+    vae.loss(batch)["loss"].backward()
+    private.hooks.disable_hooks()
+    hooked = per_sample_grads(private.params, 8)
+    params = private.params
+    explicit = []
+    for i in range(8):
+        rows[0] = slice(i, i + 1)
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        explicit.append(torch.autograd.grad(vae.loss(one)["loss"], params, allow_unused=True))
+    for j, (a, p) in enumerate(zip(hooked, params)):
+        b = torch.stack([e[j] if e[j] is not None else torch.zeros_like(p) for e in explicit])
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
