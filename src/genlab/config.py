@@ -72,10 +72,6 @@ class TrainConfig:
                 f"train.batch_size ({self.batch_size}) must be divisible by "
                 f"train.grad_accum ({self.grad_accum})"
             )
-        if self.dp:
-            from genlab.privacy_dp import check_train_config
-
-            check_train_config(self)
 
 
 _STEPS = Range(0, MAX_STEPS, integer=True)

@@ -65,7 +65,8 @@ _SAMPLE_STREAM = 0x5A3D_1E5
 # --- checks before any data is read ----------------------------------------------------------------
 
 def check_train_config(train: Any) -> None:
-    """Cross-field rules of the `train.dp*` settings (ranges are in config.TRAIN_RANGES)."""
+    """Cross-field rules of the `train.dp*` settings (ranges are in config.TRAIN_RANGES;
+    `check_model` calls this: config.py stays free of imports from here)."""
     if not train.dp:
         return
     if train.dp_accountant not in ACCOUNTANTS:
@@ -96,6 +97,7 @@ def check_model(model_cls: type, model_config: Any, train: Any) -> None:
     if family is None:
         raise UserError(f"--dp supports the gan, dcgan, vae and convvae models, not "
                         f"{model_cls.name}")
+    check_train_config(train)
     if family == "gan":
         if model_config.loss == "wgan-gp":
             raise UserError("--dp cannot train model.loss=wgan-gp: its gradient penalty reads "
