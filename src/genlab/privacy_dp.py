@@ -15,12 +15,13 @@ Which parameters are private, per family (`private_network`):
   the gradients are made private just before `optimizer.step()`.
 - GAN: only the discriminator reads real data. `GAN.train_step` calls
   `discriminator_backward` for its D step: the real examples' loss terms get per-sample
-  gradients, clipped and noised; the fake examples' terms get an ordinary gradient, added after
-  the noise. That is not charged, and need not be: the fakes are a function of the generator,
+  gradients, clipped and noised; the fake examples' terms get per-sample gradients clipped to
+  the same bound (so the two halves of the loss keep their balance) with no noise, added after
+  the noise. The fakes are not charged, and need not be: they are a function of the generator,
   the noise z and random labels, none of which has seen a real example except through earlier
-  private D updates, so the fake term is post-processing of private outputs. (Clipping the fakes
-  with the reals, as Opacus's DCGAN example does, charges the budget for them and shrinks the
-  real examples' share of each clip.) The generator learns only from the private
+  private D updates, so their term is post-processing of private outputs. (Clipping the fakes
+  in one batch with the reals, as Opacus's DCGAN example does, charges the budget for them and
+  shrinks the real examples' share of each clip.) The generator learns only from the private
   discriminator's outputs on fakes, so it is private by post-processing. Under DP a
   conditional generator's labels are drawn uniformly at random, never taken from the real batch,
   and the fake batch has the fixed expected size, never the sampled batch's size.
@@ -64,7 +65,8 @@ _SAMPLE_STREAM = 0x5A3D_1E5
 # --- checks before any data is read ----------------------------------------------------------------
 
 def check_train_config(train: Any) -> None:
-    """Cross-field rules of the `train.dp*` settings (ranges are in config.TRAIN_RANGES)."""
+    """Cross-field rules of the `train.dp*` settings (ranges are in config.TRAIN_RANGES;
+    `check_model` calls this: config.py stays free of imports from here)."""
     if not train.dp:
         return
     if train.dp_accountant not in ACCOUNTANTS:
@@ -95,6 +97,7 @@ def check_model(model_cls: type, model_config: Any, train: Any) -> None:
     if family is None:
         raise UserError(f"--dp supports the gan, dcgan, vae and convvae models, not "
                         f"{model_cls.name}")
+    check_train_config(train)
     if family == "gan":
         if model_config.loss == "wgan-gp":
             raise UserError("--dp cannot train model.loss=wgan-gp: its gradient penalty reads "
@@ -314,23 +317,31 @@ class PrivateTraining:
             summed = [torch.zeros_like(p) for p in self.params]
         return self._noised(summed)
 
-    def real_backward(self, loss_fn: Callable[[], Tensor], batch: int) -> list[Tensor]:
-        """Forward and backward `loss_fn()` (the real examples' loss) with per-sample hooks on,
-        and return the private gradients; `.grad` of the private parameters is left None."""
+    def clipped_sum(self, loss_fn: Callable[[], Tensor], batch: int) -> list[Tensor]:
+        """Forward and backward `loss_fn()` (a sum of per-example losses) with the per-sample
+        hooks on -> the sum of the examples' gradients, each clipped to `clip_norm`. `.grad` of
+        the private parameters is left None."""
         for p in self.params:
             p.grad, p.grad_sample = None, None
-        if batch:
-            self.hooks.enable_hooks()
-            try:
-                with _quiet_hooks():
-                    loss_fn().backward()
-            finally:
-                self.hooks.disable_hooks()
-                _drop_activations(self.network)
-        grads = self.private_grads(batch)
+        if not batch:
+            return [torch.zeros_like(p) for p in self.params]
+        self.hooks.enable_hooks()
+        try:
+            with _quiet_hooks():
+                loss_fn().backward()
+        finally:
+            self.hooks.disable_hooks()
+            _drop_activations(self.network)
+        summed, self.last_norms = clip_and_sum(per_sample_grads(self.params, batch),
+                                               self.clip_norm)
         for p in self.params:
             p.grad = None
-        return grads
+        return summed
+
+    def real_backward(self, loss_fn: Callable[[], Tensor], batch: int) -> list[Tensor]:
+        """The private gradient of `loss_fn()`, the real examples' summed loss: clipped per
+        example, noised, over the expected batch size; one accountant step."""
+        return self._noised(self.clipped_sum(loss_fn, batch))
 
     # --- the GAN's discriminator step --------------------------------------------------------------
 
@@ -357,18 +368,26 @@ class PrivateTraining:
             return real_term(logits[0]).sum()
 
         grads = self.real_backward(real_loss, b)
-        fake_logits = discriminator(fake, fake_labels)  # hooks off: an ordinary gradient
+        fakes: list[Tensor] = []
+
+        def fake_loss_sum() -> Tensor:
+            fakes.append(discriminator(fake, fake_labels))
+            return fake_term(fakes[0]).sum()
+
+        # the fakes: clipped per example to the same bound, so that the two halves of the loss
+        # keep their balance (unclipped, the fakes' gradient outweighed the clipped reals' many
+        # times and the discriminator learnt to score everything low); no noise, no charge
+        fake_sum = self.clipped_sum(fake_loss_sum, fake.shape[0])
+        for p, g, f in zip(self.params, grads, fake_sum):
+            p.grad = g + f / self.expected_batch
+        fake_logits = fakes[0].detach()
         fake_loss = fake_term(fake_logits).mean()
-        with _quiet_hooks():
-            fake_loss.backward()
-        for p, g in zip(self.params, grads):
-            p.grad = g if p.grad is None else p.grad + g
         if b:
             real_logits = logits[0].detach()
             d_loss = real_term(real_logits).mean() + fake_loss.detach()
         else:  # an empty Poisson sample: nothing real to score
             real_logits = fake_logits.new_zeros(1)
-            d_loss = fake_loss.detach()
+            d_loss = fake_loss
         return d_loss, real_logits, fake_logits
 
     # --- the trainer's step function ---------------------------------------------------------------
