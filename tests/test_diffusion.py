@@ -343,3 +343,23 @@ def test_resume_equals_uninterrupted(objective: str, train_tiny, digits_spec: st
     assert read_state(part / "checkpoint")["step"] == 10
     for name in ("model.safetensors", "optimizers.safetensors"):
         assert (part / "checkpoint" / name).read_bytes() == (full / "checkpoint" / name).read_bytes()
+
+
+def test_generation_requests_carry_the_sampling_options() -> None:
+    """The Python API's (and the server's) request: options reach `sample`; unknown ones are
+    refused by name; guidance 0 through the API is the plain conditional model too."""
+    from genlab.generation import GenerationRequest, RequestError
+    from genlab.modalities import generate
+
+    model = _model(num_classes=3).eval()
+    model.modality = "image"
+
+    def images(**options) -> torch.Tensor:
+        return generate(model, GenerationRequest(n=3, seed=4, label=1, options=options)).images
+
+    plain = images(sampler="ddpm", sample_steps=4)
+    assert torch.equal(plain, images(sampler="ddpm", sample_steps=4, guidance=0.0))
+    assert not torch.equal(plain, images(sampler="ddpm", sample_steps=4, guidance=2.0))
+    assert not torch.equal(plain, images(sampler="ddim", sample_steps=4))
+    with pytest.raises(RequestError, match="temperature_ish is not a sampling option"):
+        images(temperature_ish=1)
