@@ -363,3 +363,22 @@ def test_generation_requests_carry_the_sampling_options() -> None:
     assert not torch.equal(plain, images(sampler="ddim", sample_steps=4))
     with pytest.raises(RequestError, match="temperature_ish is not a sampling option"):
         images(temperature_ish=1)
+
+
+def test_trains_under_ddp_with_its_frozen_ema_copy(digits_spec: str, tmp_path: Path) -> None:
+    """Two gloo processes: the whole model goes into DDP (one optimizer), EMA weights included
+    but frozen; the run ends with a checkpoint whose EMA moved towards the trained weights."""
+    from safetensors.torch import load_file
+
+    from test_distributed import torchrun
+
+    run = tmp_path / "ddp"
+    torchrun("train", "diffusion", "--data", digits_spec, "--device", "cpu", "--batch-size", "8",
+             "--steps", "3", "--out", run, *[a for pair in TINY for a in ("--set", pair)],
+             "--set", "train.sample_every=0", "--set", "train.warmup_steps=0")
+    assert read_state(run / "checkpoint")["step"] == 3
+    weights = load_file(str(run / "checkpoint" / "model.safetensors"))
+    assert int(weights["ema_steps"]) == 3
+    moved = [k for k in weights if k.startswith("net_ema.")
+             and not torch.equal(weights[k], weights[k.replace("net_ema.", "net.", 1)])]
+    assert moved  # the EMA lags the trained weights: it was updated, not copied
