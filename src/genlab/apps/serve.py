@@ -3,19 +3,17 @@
     app = create_app(serve_models.find_runs(["runs/fmnist-cdcgan"], None), ServeSettings())
     uvicorn.run(app, host="127.0.0.1", port=8000)      # or serve_run.serve(...), as the CLI does
 
-Routes: GET /v1/models, /v1/models/{model}; POST /v1/images/generations, /v1/completions (SSE with
-`stream: true`); GET /livez, /readyz, /openapi.json, /docs (offline), / (the page). The request
-bodies and their checks are in serve_schemas.py and `genlab.generation.check_request`; the guard in
+Routes: GET /v1/models, /v1/models/{model}; POST /v1/images/generations, /v1/audio/generations
+(base64 WAV), /v1/completions (SSE with `stream: true`); GET /livez, /readyz, /openapi.json, /docs
+(offline), / (the page). The request bodies and their checks are in serve_schemas.py and `genlab.generation.check_request`; the guard in
 front of every route (host, origin, token, body size) in serve_http.py; the queue of each model
 (micro-batches, text streams, 429, 504, clients that leave) in serve_batch.py; running it
 (exposure rules, SIGTERM) in serve_run.py. docs/serving.md is the user's guide.
 
 Images go through `modalities.image.image_call` and `model.sample_many`, as `genlab sample` does,
 so a request gives the same bytes as `genlab sample` with the same options (same device and torch
-thread count). An /v1/audio/generations route is one more handler like `images` below: a request
-schema, an "audio" entry in serve_models.ROUTES and `route_kind`, and the job
-`queue.submit_fn(lambda: modality.generate(model, request))` whose samples encode to WAV bytes
-(base64 in the JSON, as the images are).
+thread count). /v1/audio/generations is `queue.submit_fn` of the audio modality's `generate`
+(sampling, then Griffin-Lim on the model's worker), its WAV bytes base64 in the JSON.
 """
 
 from __future__ import annotations
@@ -53,6 +51,8 @@ from genlab.apps.serve_http import (
 from genlab.apps.serve_models import ROUTES, RunSpec, ServedModel, load_served
 from genlab.apps.serve_schemas import (
     IMAGE_OPTIONS,
+    AudioRequest,
+    AudioResponse,
     CompletionsRequest,
     CompletionsResponse,
     ErrorResponse,
@@ -63,7 +63,8 @@ from genlab.apps.serve_schemas import (
     ModelList,
 )
 from genlab.errors import UserError
-from genlab.generation import DEFAULT_NEW_TOKENS, GenerationRequest, RequestError
+from genlab.generation import DEFAULT_NEW_TOKENS, GenerationRequest, RequestError, check_request
+from genlab.images import image_pngs
 from genlab.log import get_logger
 from genlab.modalities.image import image_call, image_samples
 from genlab.version import __version__
@@ -267,6 +268,38 @@ def _add_model_routes(app: FastAPI, state: ServerState, settings: ServeSettings)
                              "model_sha256": served.sha256, "seed": r.seed, "data": result},
                             headers=headers)
 
+    @app.post("/v1/audio/generations", response_model=None, summary="Clips from an audio model",
+              openapi_extra=_body("AudioRequest"),
+              responses={200: {"model": AudioResponse, "description": "b64_wav: one base64 "
+                               "WAV (8 kHz mono 16-bit PCM) per clip, and its spectrogram PNG"},
+                         **_errors(401, 403, 404, 413, 422, 429, 503, 504)})
+    async def audio(request: Request) -> Response:
+        deadline = time.monotonic() + settings.timeout_s
+        body = parse_body(await request.body(), AudioRequest)
+        served = lookup(body.model, "audio")
+        options = {option: getattr(body, key) for key, option in IMAGE_OPTIONS.items()
+                   if getattr(body, key) is not None}
+        gen = GenerationRequest(n=body.n, seed=body.seed, label=body.label, options=options)
+        try:
+            check_request(served.model, gen, text=False)  # a bad field is a 422 before queueing
+        except UserError as e:
+            raise _request_error(e) from None
+
+        def work() -> dict[str, Any]:  # on the model's worker: sampling and Griffin-Lim
+            samples = served.modality.generate(served.model, gen)
+            labels = samples.labels.tolist() if samples.labels is not None else [None] * body.n
+            return {"sample_rate": samples.sample_rate,
+                    "data": [{"b64_wav": base64.b64encode(wav).decode(),
+                              "b64_png": base64.b64encode(png).decode(), "label": y}
+                             for wav, png, y in zip(samples.wav_files(),
+                                                    image_pngs(samples.images), labels)]}
+
+        result = await _wait(request, served, served.queue.submit_fn(work), deadline, settings)
+        return JSONResponse({"created": int(time.time()), "model": served.name,
+                             "model_sha256": served.sha256, "seed": body.seed, **result},
+                            headers={"x-genlab-model-sha256": served.sha256,
+                                     "x-genlab-seed": str(body.seed)})
+
     @app.post("/v1/completions", response_model=None, summary="Text from a text model",
               openapi_extra=_body("CompletionsRequest"),
               responses={200: {"model": CompletionsResponse, "description": "the text; with "
@@ -426,7 +459,7 @@ def _static(name: str) -> tuple[str, str]:
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
                       for s in scripts)
     csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
-           "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+           "img-src data:; media-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
            "frame-ancestors 'none'")
     return html, csp
 
@@ -461,7 +494,8 @@ def _openapi(app: FastAPI, state: ServerState, runs: list[RunSpec],
     schema = get_openapi(title=app.title, version=app.version, description=app.description,
                          routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for cls, kind in ((ImagesRequest, "images"), (CompletionsRequest, "completions")):
+    for cls, kind in ((ImagesRequest, "images"), (AudioRequest, "audio"),
+                      (CompletionsRequest, "completions")):
         body = cls.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         names = [s.name for s in state.models.values() if s.kind == kind] if state.ready else \

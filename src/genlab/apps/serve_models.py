@@ -21,13 +21,15 @@ from genlab.checkpoint import MANIFEST
 from genlab.errors import UserError
 from genlab.generation import GenerationRequest
 from genlab.modalities import Modality, get_modality
+from genlab.modalities.audio import AudioSamples
 from genlab.modalities.image import ImageSamples
 from genlab.models.base import GenerativeModel
 from genlab.rundir import RUN_FILE, checkpoint_path, load_model, missing_run, read_run
 
 # kind of route -> its path. A kind of samples is served by the route of its kind (`route_kind`);
 # an audio route is one more entry here and in `route_kind`, a request schema and a handler
-ROUTES = {"images": "/v1/images/generations", "completions": "/v1/completions"}
+ROUTES = {"images": "/v1/images/generations", "completions": "/v1/completions",
+          "audio": "/v1/audio/generations"}
 EVAL_KEYS = ("fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
              "class_accuracy", "mode_entropy", "val_loss", "perplexity", "val_bpc",
              "neg_elbo_bpd", "iwae_nll_bpd", "n")
@@ -56,6 +58,8 @@ def route_kind(modality: Modality) -> str:
     """Which route serves a modality's samples."""
     if issubclass(modality.samples_class, ImageSamples):
         return "images"
+    if issubclass(modality.samples_class, AudioSamples):
+        return "audio"
     if modality.streams:
         return "completions"
     raise UserError(f"genlab serve has no route for {modality.name} models yet")

@@ -16,6 +16,7 @@ from genlab.generation import MAX_SEED
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a run folder's name; never a path
 MAX_IMAGES = 64  # per request
+MAX_CLIPS = 16  # per audio request: Griffin-Lim takes ~0.4 s a clip on a CPU core
 MAX_PROMPT = 16_384  # characters
 
 ModelName = Annotated[str, Field(pattern=MODEL_NAME, max_length=128,
@@ -47,6 +48,15 @@ class ImagesRequest(Strict):
         None, description="Sampling steps of a diffusion model.")
     guidance: Annotated[float, Field(ge=0, le=100)] | None = Field(
         None, description="Classifier-free guidance weight of a conditional diffusion model.")
+
+
+class AudioRequest(ImagesRequest):
+    """Clips from an audio model: one base64 WAV (8 kHz mono 16-bit) per clip, with its
+    spectrogram as a base64 PNG."""
+
+    n: Annotated[int, Field(ge=1, le=MAX_CLIPS, description="Clips to draw.")] = 1
+    response_format: Literal["b64_wav"] = Field(
+        "b64_wav", description="b64_wav: JSON with one base64 WAV per clip.")
 
 
 class CompletionsRequest(Strict):
@@ -96,6 +106,21 @@ class ImagesResponse(BaseModel):
     model_sha256: str
     seed: int
     data: list[ImageDatum]
+
+
+class AudioDatum(BaseModel):
+    b64_wav: str = Field(description="A WAV file, base64: 16-bit PCM, mono, 8 kHz.")
+    b64_png: str = Field(description="Its spectrogram, a base64 PNG.")
+    label: int | None
+
+
+class AudioResponse(BaseModel):
+    created: int
+    model: str
+    model_sha256: str
+    seed: int
+    sample_rate: int
+    data: list[AudioDatum]
 
 
 class CompletionChoice(BaseModel):

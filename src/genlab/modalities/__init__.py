@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from genlab.errors import UserError
 from genlab.generation import GenerationRequest
+from genlab.modalities.audio import AudioModality
 from genlab.modalities.base import Modality, Prepared, Samples
 from genlab.modalities.image import ImageModality
 from genlab.modalities.text import TextModality
@@ -18,6 +19,7 @@ from genlab.models.base import GenerativeModel
 
 MODALITIES: dict[str, Modality] = {
     ImageModality.name: ImageModality(),
+    AudioModality.name: AudioModality(),
     TextModality.name: TextModality(),
 }
 
