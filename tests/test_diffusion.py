@@ -343,3 +343,42 @@ def test_resume_equals_uninterrupted(objective: str, train_tiny, digits_spec: st
     assert read_state(part / "checkpoint")["step"] == 10
     for name in ("model.safetensors", "optimizers.safetensors"):
         assert (part / "checkpoint" / name).read_bytes() == (full / "checkpoint" / name).read_bytes()
+
+
+def test_generation_requests_carry_the_sampling_options() -> None:
+    """The Python API's (and the server's) request: options reach `sample`; unknown ones are
+    refused by name; guidance 0 through the API is the plain conditional model too."""
+    from genlab.generation import GenerationRequest, RequestError
+    from genlab.modalities import generate
+
+    model = _model(num_classes=3).eval()
+    model.modality = "image"
+
+    def images(**options) -> torch.Tensor:
+        return generate(model, GenerationRequest(n=3, seed=4, label=1, options=options)).images
+
+    plain = images(sampler="ddpm", sample_steps=4)
+    assert torch.equal(plain, images(sampler="ddpm", sample_steps=4, guidance=0.0))
+    assert not torch.equal(plain, images(sampler="ddpm", sample_steps=4, guidance=2.0))
+    assert not torch.equal(plain, images(sampler="ddim", sample_steps=4))
+    with pytest.raises(RequestError, match="temperature_ish is not a sampling option"):
+        images(temperature_ish=1)
+
+
+def test_trains_under_ddp_with_its_frozen_ema_copy(digits_spec: str, tmp_path: Path) -> None:
+    """Two gloo processes: the whole model goes into DDP (one optimizer), EMA weights included
+    but frozen; the run ends with a checkpoint whose EMA moved towards the trained weights."""
+    from safetensors.torch import load_file
+
+    from test_distributed import torchrun
+
+    run = tmp_path / "ddp"
+    torchrun("train", "diffusion", "--data", digits_spec, "--device", "cpu", "--batch-size", "8",
+             "--steps", "3", "--out", run, *[a for pair in TINY for a in ("--set", pair)],
+             "--set", "train.sample_every=0", "--set", "train.warmup_steps=0")
+    assert read_state(run / "checkpoint")["step"] == 3
+    weights = load_file(str(run / "checkpoint" / "model.safetensors"))
+    assert int(weights["ema_steps"]) == 3
+    moved = [k for k in weights if k.startswith("net_ema.")
+             and not torch.equal(weights[k], weights[k.replace("net_ema.", "net.", 1)])]
+    assert moved  # the EMA lags the trained weights: it was updated, not copied
