@@ -30,7 +30,10 @@ from genlab.data.download import Checksum
 from genlab.models import MODELS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SMALL = {"--n": "8", "--max-new-tokens": "8"}  # option -> the tiny value the test uses
+# option -> the tiny value the test uses (the tiny data has 16 training images per class)
+SMALL = {"--n": "8", "--max-new-tokens": "8", "--sample-steps": "2", "--real-per-class": "4",
+         "--members": "10"}
+SETTINGS = {"train.per_class": "4"}  # --set values made tiny the same way
 
 
 def tour_commands() -> list[list[str]]:
@@ -50,6 +53,9 @@ def shrink(argv: list[str], train_index: int) -> list[str]:
     for i, arg in enumerate(args[:-1]):
         if arg in SMALL:
             args[i + 1] = SMALL[arg]
+        key = args[i + 1].split("=")[0]
+        if arg == "--set" and key in SETTINGS:
+            args[i + 1] = f"{key}={SETTINGS[key]}"
     if args[0] == "train":
         steps = str(2 + 2 * train_index)  # increasing, so a resume goes further than its run
         if "--steps" in args:
