@@ -34,6 +34,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = {"--n": "8", "--max-new-tokens": "8", "--sample-steps": "2", "--real-per-class": "4",
          "--members": "10"}
 SETTINGS = {"train.per_class": "4"}  # --set values made tiny the same way
+# commands whose defaults are sized for real data: a few samples, steps and resamples
+EXTRA = {"audit": ["--n", "16", "--bootstrap", "10"], "utility": ["--steps", "5"]}
 
 
 def tour_commands() -> list[list[str]]:
@@ -56,6 +58,8 @@ def shrink(argv: list[str], train_index: int) -> list[str]:
         key = args[i + 1].split("=")[0]
         if arg == "--set" and key in SETTINGS:
             args[i + 1] = f"{key}={SETTINGS[key]}"
+    if args[0] in EXTRA:
+        args += EXTRA[args[0]]
     if args[0] == "train":
         steps = str(2 + 2 * train_index)  # increasing, so a resume goes further than its run
         if "--steps" in args:
@@ -129,18 +133,21 @@ def test_the_readme_tour_runs_as_written(run_cli, tmp_path, monkeypatch) -> None
     write_idx_dataset(tmp_path / "my_idx_files", seed=1)
     (tmp_path / "input.txt").write_text("ROMEO:\nWhat light through yonder window breaks?\n" * 60)
 
-    trains = 0
+    trains, timings = 0, []
     for argv in tour_commands():
         args = shrink(argv, trains)
         trains += args[0] == "train"
         if args[0] == "serve":
             serve_once(args, tmp_path)
             continue
+        start = time.perf_counter()
         code, _, err = run_cli(*args)
+        timings.append(f"{time.perf_counter() - start:6.1f} s  genlab {shlex.join(args)}")
         assert code == 0, f"genlab {shlex.join(args)} exited {code}: {err}"
         for flag in ("--out",):
             if flag in args and args[0] != "train":
                 assert (tmp_path / args[args.index(flag) + 1]).exists(), args
+    print("\n".join(timings))  # shown with pytest -s: which step of the tour costs what
     assert trains >= 6
     assert {p.name for p in (tmp_path / "runs").iterdir()} >= {
         "dcgan", "cdcgan", "mine", "convvae", "gpt", "dcgan-ddp"}
