@@ -3,6 +3,7 @@
     python benchmarks/demo.py                         # 1 thread and the default, one round each
     python benchmarks/demo.py --threads 1 --rounds 2
     python benchmarks/demo.py --threads default --no-eval
+    python benchmarks/demo.py --threads genlab --isa native avx2   # this CPU, then as AVX2 only
 
 Runs the demo as a user would (`python -m genlab demo --out RUN`) in a child process per
 setting and prints one JSON line each: the command's wall-clock seconds (start-up, data, training,
@@ -33,8 +34,16 @@ CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIM
 SCORES = ("fd", "precision", "recall", "mode_entropy", "class_accuracy")
 
 
-def child(args: list[str], threads: str) -> subprocess.CompletedProcess:
+# A CPU without AVX-512 (most laptops), approximated on this one: ATen and oneDNN limited to their
+# AVX2 kernels, and fp32 (what `--precision auto` picks on such a CPU). Same cores and caches, so
+# it is an estimate, not a measurement of such a laptop.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def child(args: list[str], threads: str, isa: str = "native") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    if isa == "avx2":
+        env.update(AVX2_ONLY)
     if threads not in ("default", "genlab"):
         env["OMP_NUM_THREADS"] = threads
     src = str(ROOT / "src")
@@ -64,25 +73,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--steps", type=int, help="override the demo's step count")
     parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--isa", nargs="+", default=["native"], choices=["native", "avx2"],
+                        help="native: this CPU; avx2: as a CPU without AVX-512 (fp32)")
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         for r in range(args.rounds):
             order = args.threads if r % 2 == 0 else args.threads[::-1]
-            for threads in order:
-                run_dir = root / f"demo-{threads}-{r}"
+            for threads, isa in ((t, i) for t in order for i in args.isa):
+                run_dir = root / f"demo-{threads}-{isa}-{r}"
                 demo = ["demo", "--out", str(run_dir)]
+                if isa == "avx2":
+                    demo += ["--precision", "fp32"]
                 if args.steps:
                     demo += ["--steps", str(args.steps)]
                 load = os.getloadavg()[0]
                 start = time.perf_counter()
-                child(demo, threads)
+                child(demo, threads, isa)
                 row: dict[str, object] = {
-                    "threads": threads, "round": r, "command_s": round(time.perf_counter() - start, 1),
+                    "threads": threads, "isa": isa, "round": r, "command_s": round(time.perf_counter() - start, 1),
                     "training_s": training_seconds(run_dir), "load_1min_before": round(load, 2)}
                 if not args.no_eval:
-                    report = json.loads(child(["eval", str(run_dir), "--json"], "1").stdout)
+                    report = json.loads(child(["eval", str(run_dir), "--json"], "1", isa).stdout)
                     row.update({k: report.get(k) for k in SCORES})
                     row["fd_floor"] = (report.get("floor") or {}).get("fd")
                     row["n"] = report.get("n")

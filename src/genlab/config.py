@@ -56,6 +56,16 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (0 = only at the end)
     eval_every: int = 0  # steps between in-training evaluations (0 = off)
     eval_n: int = 2000  # samples per in-training evaluation
+    # images: train on this many per class, chosen by `seed` (labelled data only); 0 = all.
+    # run.json records the subset's hash (genlab.data.subset), which `genlab utility` checks
+    per_class: int = 0
+    # differentially private training (`--dp`, genlab.privacy_dp; needs the `dp` extra, Opacus)
+    dp: bool = False
+    dp_epsilon: float = 0.0  # target epsilon spent by the last step; 0 = give dp_noise_multiplier
+    dp_noise_multiplier: float = 0.0  # noise std / clip norm; 0 = chosen from dp_epsilon
+    dp_clip_norm: float = 1.0  # L2 bound of each example's gradient
+    dp_delta: float = 1e-5  # refused when above 1 / (10 n)
+    dp_accountant: Literal["rdp", "prv"] = "rdp"
 
     def validate(self) -> None:
         for name, allowed in TRAIN_RANGES.items():
@@ -88,6 +98,11 @@ TRAIN_RANGES: dict[str, Range] = {
     "checkpoint_every": _STEPS,
     "eval_every": _STEPS,
     "eval_n": Range(0, MAX_SAMPLES, integer=True),
+    "per_class": Range(0, MAX_SAMPLES, integer=True),
+    "dp_epsilon": Range(0, 1e6),
+    "dp_noise_multiplier": Range(0, 1e6),
+    "dp_clip_norm": Range(0, 1e6, low_open=True),
+    "dp_delta": Range(0, 1, low_open=True),
 }
 
 # The train settings `--resume` may change: how fast and how long to go on, and how often to log,

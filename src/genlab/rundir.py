@@ -208,7 +208,9 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict[str, Any]]:
                      "losses": {k: v for k, v in last.items() if k.endswith("loss")},
                      "eval": {k: v for k, v in evaluated.items()
                               if k in ("fd", "val_loss", "perplexity", "val_neg_elbo")
-                              and isinstance(v, int | float)}})
+                              and isinstance(v, int | float)},
+                     # a private run (--dp): the epsilon spent by its last logged step
+                     "epsilon": last.get("epsilon")})
     return rows
 
 

@@ -54,6 +54,7 @@ from genlab.limits import check_path
 from genlab.log import get_logger
 from genlab.modalities import Modality, get_modality, modality_for_data
 from genlab.models import GenerativeModel, get_model_class
+from genlab.privacy_dp import check_model, check_train_config, private_config
 from genlab.rundir import (
     METRICS_FILE,
     RUN_FILE,
@@ -97,8 +98,10 @@ def build_configs(model_name: str, *, preset: str | None, overrides: Sequence[st
     model_config = config_from_dict(model_cls.config_class, model_values, "model")
     train = config_from_dict(TrainConfig, train_values, "train")
     train.validate()
+    check_train_config(train)  # the dp fields' cross-field rules (config cannot import them)
     model_config.validate(partial=True)
     model_cls.validate_train_config(model_config, train)
+    check_model(model_cls, model_config, train)
     return model_cls, model_config, train, preset or ""
 
 
@@ -154,6 +157,7 @@ class TrainRequest:
     overwrite: bool = False  # start again in a folder that holds a run (removes genlab's files)
     preset_file: str | None = None  # a preset TOML file of the user's, instead of --preset
     command: str | None = None
+    dp: bool = False  # differentially private training (train.dp)
 
 
 def train(req: TrainRequest) -> Path:
@@ -243,9 +247,13 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
     if start is not None and prepared.data_info.get("sha256") != record["data_info"].get("sha256"):
         raise UserError(f"--resume: the data {record['data']} differs from the data the run "
                         "started with (checksum changed); resume with the same data")
-    model_config = prepared.model_config
+    model_config = private_config(model_cls, prepared.model_config, train_cfg)
     model_config.validate()
     model = model_cls(model_config).to(device)
+    if train_cfg.dp:
+        from genlab.privacy_dp import prepare_network, private_network
+
+        prepare_network(private_network(model))
     model.modality = modality.name
     if device.type == "cuda":
         # shapes are fixed within a run, so cuDNN may time its conv algorithms once and keep the
@@ -255,6 +263,9 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
     train_cfg.precision, note = resolve_precision(train_cfg.precision, device)
     if note and dist.is_main:
         log.info(note)
+    if train_cfg.dp and train_cfg.precision == "bf16":
+        train_cfg.precision = "fp32"
+        log.info("--dp trains in fp32 (precision auto chose bf16)")
     model.set_precision(train_cfg.precision, device.type)
     optimizers = model.configure_optimizers(train_cfg)
     total = train_cfg.steps or max(1, int(train_cfg.epochs * prepared.batcher.steps_per_epoch))
@@ -293,6 +304,14 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
         atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
         log.info(f"run folder: {run_dir}")
     ddp_step = dist.wrap(model, optimizers)
+    batcher, private = prepared.batcher, None
+    if train_cfg.dp:
+        from genlab.privacy_dp import attach
+
+        private, batcher = attach(model, train_cfg, batcher, total_steps=total,
+                                  state=start.get("dp") if start else None,
+                                  world_size=dist.world_size)
+        ddp_step = private.wrap(ddp_step or model.train_step)
     if train_cfg.compile:
         if dist.is_main:
             log.info("compiling the networks (torch.compile): the first steps take longer")
@@ -305,12 +324,14 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
         meta = {"model": record["model"], "model_config": record["model_config"],
                 "train_config": record["train_config"], "step": at, "data": record["data"],
                 "modality": modality.name, "best_value": trainer.best_value,
-                "extras": model.checkpoint_extras()}
+                "extras": model.checkpoint_extras(),
+                **({"dp": private.state()} if private else {})}
         save_checkpoint(run_dir / name, model, meta=meta,
                         optimizers=optimizers if name == "checkpoint" else None, rng=rng,
                         keep=KEEP if name == "checkpoint" else 1)
 
-    hooks = Hooks(save=save,
+    hooks = Hooks(save=save, log_extras=(lambda: {"epsilon": private.epsilon()}) if private
+                  else None,
                   sample=lambda at: modality.write_training_samples(model, run_dir, at,
                                                                     train_cfg.seed))
     if train_cfg.eval_every > 0:
@@ -321,7 +342,7 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
         if made is not None:
             hooks.evaluate, hooks.best_metric = made
             hooks.evaluate = dist.evaluate_together(hooks.evaluate, model)
-    trainer = Trainer(model, optimizers, prepared.batcher, train_cfg, run_dir, total_steps=total,
+    trainer = Trainer(model, optimizers, batcher, train_cfg, run_dir, total_steps=total,
                       start_step=step, hooks=hooks, is_main=dist.is_main, best_value=best,
                       step_fn=ddp_step, dist=dist,
                       unit=(modality.unit, modality.items_per_example(model)))
@@ -422,7 +443,7 @@ def _new_record(req: TrainRequest, is_main: bool) -> dict[str, Any]:
         raise UserError("--data is required (see genlab datasets), e.g. --data digits")
     flags = {"steps": req.steps, "epochs": req.epochs, "batch_size": req.batch_size,
              "seed": req.seed, "precision": req.precision, "compile": req.compile,
-             "eval_every": req.eval_every}
+             "eval_every": req.eval_every, "dp": req.dp or None}
     model_cls, model_config, train_cfg, preset = build_configs(
         req.model, preset=req.preset, overrides=req.overrides, flags=flags,
         preset_file=req.preset_file)
@@ -478,7 +499,7 @@ def _check_resume_flags(req: TrainRequest) -> None:
     (config.SAFE_ON_RESUME); everything else is the run's own."""
     extra = [name for name in ("model", "data", "batch_size", "seed", "precision", "preset",
                                "preset_file", "init_from", "epochs", "out", "eval_every",
-                               "compile")
+                               "compile", "dp")
              if getattr(req, name) not in (None, False)]
     if req.conditional or req.overwrite or extra:
         given = [f"--{name.replace('_', '-')}" for name in extra] + (

@@ -59,6 +59,7 @@ class Hooks:
     sample: Callable[[int], None] | None = None  # write samples at a step
     evaluate: Callable[[int], dict[str, float]] | None = None  # metrics at a step
     best_metric: str | None = None  # key of `evaluate`'s result; lower is better
+    log_extras: Callable[[], dict[str, float]] | None = None  # values added to every row (epsilon)
 
 
 class Trainer:
@@ -172,6 +173,8 @@ class Trainer:
     def _log(self, row: dict[str, Any]) -> None:
         if not self.is_main:
             return
+        if self.hooks.log_extras:
+            row = {**row, **self.hooks.log_extras()}
         append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
         if self._tensorboard is None:
             self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")

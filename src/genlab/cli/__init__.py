@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from genlab._threads import configure_threads
 
     configure_threads()  # before anything imports torch: OpenMP reads it once, at load
-    from genlab.cli import eval, info, serve, train, vae  # noqa: F401  (registers the commands)
+    from genlab.cli import audit, eval, info, report, serve, train, utility, vae  # noqa: F401  (registers the commands)
     from genlab.log import logger, to_stderr
 
     args = list(sys.argv[1:] if argv is None else argv)

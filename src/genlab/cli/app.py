@@ -19,7 +19,7 @@ def cli(debug: bool) -> None:
 
     \b
     Examples:
-      genlab demo                                # a DCGAN on the bundled digits, 2-3 min on a CPU
+      genlab demo                                # a conditional DCGAN on the bundled digits, ~1 min on a CPU
       genlab train dcgan --data fashion-mnist --steps 5000
       genlab sample runs/demo --n 64 --out grid.png
     """

@@ -67,9 +67,11 @@ def runs(root: str) -> None:
 
     rows = [[r["run"], r["model"], r["data"], str(r["step"]),
              r.get("note") or " ".join(f"{k}={v:.3f}" for k, v in r["losses"].items()),
-             " ".join(f"{k}={v:.3f}" for k, v in r["eval"].items()) or "-"]
+             " ".join(f"{k}={v:.3f}" for k, v in r["eval"].items()) or "-",
+             f"{r['epsilon']:.3g}" if isinstance(r.get("epsilon"), int | float) else "-"]
             for r in list_runs(root)]
     if not rows:
         click.echo(f"no runs under {root}", err=True)
         return
-    click.echo(_table(rows, ["run", "model", "data", "step", "last losses", "last eval"]))
+    click.echo(_table(rows, ["run", "model", "data", "step", "last losses", "last eval",
+                             "epsilon"]))

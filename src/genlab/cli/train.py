@@ -67,11 +67,16 @@ DATA_HELP = ("Dataset: digits, mnist, fashion-mnist, cifar10, fsdd (spoken digit
               help="Start again in an --out folder that holds a run: genlab removes the files it "
                    "wrote there and nothing else; or train in a folder of other files beside "
                    "them.")
+@click.option("--dp", is_flag=True, default=None,
+              help="Differentially private training (needs the dp extra, Opacus): give "
+                   "--set train.dp_epsilon=E, or train.dp_noise_multiplier and "
+                   "train.dp_clip_norm. See docs/dp.md.")
 def train(model: str | None, data: str | None, data_dir: str | None, steps: int | None,
           epochs: float | None, batch_size: int | None, out: str | None, seed: int | None,
           device: str, precision: str | None, compile_: bool | None, eval_every: int | None,
           preset: str | None, overrides: tuple[str, ...], conditional: bool, resume: str | None,
-          init_from: str | None, overwrite: bool, preset_file: str | None) -> None:
+          init_from: str | None, overwrite: bool, preset_file: str | None,
+          dp: bool | None) -> None:
     """Train MODEL on a dataset; writes checkpoints, samples, metrics.jsonl and loss.png."""
     from genlab.distributed import is_main_process
     from genlab.runs import TrainRequest
@@ -84,7 +89,7 @@ def train(model: str | None, data: str | None, data_dir: str | None, steps: int 
                        precision=precision, compile=compile_, eval_every=eval_every, preset=preset,
                        overrides=overrides, conditional=conditional, resume=resume,
                        init_from=init_from, overwrite=overwrite, preset_file=preset_file,
-                       command=command_line())
+                       command=command_line(), dp=bool(dp))
     run_dir = run_training(req)
     if is_main_process():  # under torchrun, rank 0 reports for all
         _print_outputs(run_dir)
@@ -108,9 +113,13 @@ Example:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bf16 where the CPU/GPU runs it natively (AVX-512 BF16, AMX), else fp32.")
 @click.option("--overwrite", is_flag=True, help="Use an --out folder that holds other files or "
               "another run: genlab removes only the files it wrote there.")
-def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -> None:
+def demo(out: str, steps: int | None, seed: int, device: str, precision: str,
+         overwrite: bool) -> None:
     """Train the offline demo: a class-conditional DCGAN on the bundled 8x8 digits, with a sample
     grid (one column per digit) and loss curve.
 
@@ -136,7 +145,7 @@ def demo(out: str, steps: int | None, seed: int, device: str, overwrite: bool) -
                f"for {total} steps in {out_dir}, then writes samples.png (generated digits) and "
                "loss.png; after the first steps it says how long the rest will take", err=True)
     req = TrainRequest(model="dcgan", data="digits", preset="demo", conditional=True, steps=steps,
-                       seed=seed, out=out, device=device, precision="auto", overwrite=overwrite,
+                       seed=seed, out=out, device=device, precision=precision, overwrite=overwrite,
                        command=command_line())
     run_dir = run_training(req)
     _print_outputs(run_dir)
@@ -156,7 +165,7 @@ Examples:
               help="grid.png (a grid) or samples.npz (uint8 `images`, and `labels`); for text, a "
               ".txt file (default: stream to stdout); for audio, x.wav (the clips in a row, and "
               "x.png of their spectrograms) or x.zip (a WAV per clip), see docs/audio.md.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="The same seed gives the same samples (and the same bytes).")
 @click.option("--label", type=int, help="Class to draw (conditional models) [default: every "
               "class in turn].")
@@ -166,16 +175,16 @@ Examples:
 @click.option("--prompt", help="Text the samples start with (text models).")
 @click.option("--max-new-tokens", type=int,
               help="Tokens to generate after the prompt (text models) [default: 500].")
-@click.option("--temperature", type=float,
+@click.option("--temperature", type=FiniteFloat(),
               help="Softmax temperature, 0 = greedy (text models) [default: 1].")
 @click.option("--top-k", type=int, help="Sample among the k likeliest tokens.")
-@click.option("--top-p", type=float,
+@click.option("--top-p", type=FiniteFloat(),
               help="Sample among the likeliest tokens holding probability p (nucleus).")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context for every token "
               "instead of using the KV cache (slower; for checking).")
 @click.option("--sampler", help="Sampler of a diffusion model (ddim, ddpm, euler, heun).")
 @click.option("--sample-steps", type=int, help="Sampling steps of a diffusion model.")
-@click.option("--guidance", type=float, help="Classifier-free guidance weight (conditional "
+@click.option("--guidance", type=FiniteFloat(), help="Classifier-free guidance weight (conditional "
               "diffusion models) [default: none].")
 def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int | None,
            which: str, device: str, prompt: str | None, max_new_tokens: int | None,

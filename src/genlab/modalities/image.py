@@ -3,7 +3,7 @@ FD/KID/precision/recall in a feature net's space."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +16,7 @@ from genlab.data import load_images, resize_images
 from genlab.data.base import ImageData
 from genlab.data.catalog import DATASETS, container_of
 from genlab.data.idx import write_idx
+from genlab.data.subset import per_class_indices, subset_sha256
 from genlab.errors import UserError
 from genlab.generation import GenerationRequest, balanced_labels, check_request
 from genlab.images import grid_png, image_pngs, npz_bytes, to_uint8, write_bytes
@@ -98,7 +99,15 @@ def prepare_image_data(data: Any, model_cls: type[GenerativeModel], model_config
                        rank: int, world_size: int, info: dict[str, Any] | None = None
                        ) -> Prepared:
     """Images in memory (an `ImageData`) -> the config's data fields, a batcher, the run's record
-    of the data. Shared with the modalities whose data becomes images (audio spectrograms)."""
+    of the data. Shared with the modalities whose data becomes images (audio spectrograms).
+    With `train.per_class`, only that many images per class (chosen by the seed) are kept, and
+    the record's `subset` names them; its `sha256` stays the whole split's."""
+    subset = None
+    if train.per_class:
+        idx = per_class_indices(data.labels, train.per_class, train.seed)
+        subset = {"per_class": train.per_class, "seed": train.seed, "split": data.split,
+                  "n": len(idx), "sha256": subset_sha256(idx, data.sha256, data.split)}
+        data = replace(data, images=data.images[idx], labels=data.labels[idx])
     model_config = model_cls.config_for_data(model_config, data, conditional=conditional)
     images = data.images
     size = getattr(model_config, "image_size", 0)
@@ -108,7 +117,8 @@ def prepare_image_data(data: Any, model_cls: type[GenerativeModel], model_config
     batcher = ImageBatcher(images, labels, train.batch_size, train.seed, device, rank, world_size)
     record = {"name": data.name, "split": data.split, "sha256": data.sha256,
               "n": int(images.shape[0]), "shape": list(images.shape[1:]),
-              "num_classes": data.num_classes, **(info or {})}
+              "num_classes": data.num_classes, **({"subset": subset} if subset else {}),
+              **(info or {})}
     return Prepared(batcher, model_config, record)
 
 

@@ -98,6 +98,8 @@ class TextModality(Modality):
         model's tokenizer (`init_extras`): its embeddings only mean anything for those ids."""
         if conditional:
             raise UserError(f"{model_cls.name} has no conditional variant (text has no labels)")
+        if train.per_class:
+            raise UserError("train.per_class needs labelled images; text has no classes")
         fixed = None
         if init_extras and "tokenizer" in init_extras:
             fixed = tokenizer_from_dict(init_extras["tokenizer"])

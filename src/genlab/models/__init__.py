@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from genlab.models.base import GenerativeModel
+from genlab.models.diffusion import Diffusion
 from genlab.models.gan import DCGAN, MLPGAN
 from genlab.models.gpt import GPT
 from genlab.models.vae import MLPVAE, ConvVAE
@@ -13,6 +14,7 @@ MODELS: dict[str, type[GenerativeModel]] = {
     MLPVAE.name: MLPVAE,
     ConvVAE.name: ConvVAE,
     GPT.name: GPT,
+    Diffusion.name: Diffusion,
 }
 
 __all__ = ["MODELS", "GenerativeModel", "get_model_class"]

@@ -34,6 +34,7 @@ from genlab.models.base import (
     unit_to_signed,
 )
 from genlab.models.gan_losses import LOSSES, gradient_penalty
+from genlab.models.layers import ema_update
 
 
 @dataclass
@@ -108,6 +109,8 @@ class GAN(GenerativeModel, Discriminator):
     config_class = GANConfig
     supports_conditional = True
     progress_keys = ("loss", "d_loss", "g_loss")
+    # under --dp, the run's genlab.privacy_dp.PrivateTraining (set by privacy_dp.attach)
+    privacy: Any = None
 
     def __init__(self, config: GANConfig) -> None:
         super().__init__(config)
@@ -172,10 +175,22 @@ class GAN(GenerativeModel, Discriminator):
         d_fn, g_fn = LOSSES[self.config.loss]
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         real, labels = self._real(batch)
-        n = real.shape[0]
+        n, fake_labels = real.shape[0], labels
+        private = self.privacy
+        if private is not None:  # fakes of a fixed size and random classes: nothing real
+            n = private.expected_batch
+            fake_labels = private.fake_labels(n, self.config.num_classes, real.device)
         out: dict[str, Tensor] = {}
         # Discriminator. With one D step the fakes are reused by the G step, as in the DCGAN paper.
         for _ in range(self.config.d_steps):
+            if private is not None:  # clipped, noised real terms; see genlab.privacy_dp
+                fake = self.generator(self._noise(n), fake_labels)
+                d_loss, real_logits, fake_logits = private.discriminator_backward(
+                    self.discriminator, real, labels, fake.detach(), fake_labels,
+                    self.config.loss)
+                opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
+                continue
             with self.autocast():
                 fake = self.generator(self._noise(n), labels)
                 real_logits = self.discriminator(real, labels)
@@ -192,7 +207,7 @@ class GAN(GenerativeModel, Discriminator):
         # Generator: gradients flow through D; D's own weight gradients are not needed.
         self.discriminator.requires_grad_(False)
         with self.autocast():
-            g_loss = g_fn(self.discriminator(fake, labels))
+            g_loss = g_fn(self.discriminator(fake, fake_labels))
         g_loss.backward()
         self.discriminator.requires_grad_(True)
         self._clip(self.generator, grad_clip)
@@ -212,20 +227,11 @@ class GAN(GenerativeModel, Discriminator):
 
     # --- EMA ---------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        """EMA of generator weights with a warm-up, so short runs are not dominated by the init."""
-        if self.generator_ema is None:
-            return
-        self.ema_steps += 1
-        # decay grows as (1 + t) / (10 + t) up to ema_decay (the warm-up used by TF's EMA)
-        t = self.ema_steps.float()
-        decay = torch.clamp((1.0 + t) / (10.0 + t), max=self.config.ema_decay)
-        ema_params = list(self.generator_ema.parameters())
-        params = list(self.generator.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buf, buf in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            ema_buf.copy_(buf)
+        """EMA of generator weights with a warm-up, so short runs are not dominated by the init
+        (`layers.ema_update`)."""
+        if self.generator_ema is not None:
+            ema_update(self.generator_ema, self.generator, self.ema_steps, self.config.ema_decay)
 
     # --- sampling ----------------------------------------------------------------------------------
 

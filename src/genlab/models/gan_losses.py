@@ -16,9 +16,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def ns_real(real: Tensor) -> Tensor:
+    """The real examples' terms of the ns discriminator loss, per example: -log D(x)."""
+    return F.softplus(-real)
+
+
+def ns_fake(fake: Tensor) -> Tensor:
+    """The fake examples' terms, per example: -log(1 - D(G(z)))."""
+    return F.softplus(fake)
+
+
 def ns_discriminator(real: Tensor, fake: Tensor) -> Tensor:
     """Goodfellow et al. 2014 (https://arxiv.org/abs/1406.2661): BCE, real = 1, fake = 0."""
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
+    return ns_real(real).mean() + ns_fake(fake).mean()
 
 
 def ns_generator(fake: Tensor) -> Tensor:
@@ -26,9 +36,17 @@ def ns_generator(fake: Tensor) -> Tensor:
     return F.softplus(-fake).mean()
 
 
+def hinge_real(real: Tensor) -> Tensor:
+    return F.relu(1.0 - real)
+
+
+def hinge_fake(fake: Tensor) -> Tensor:
+    return F.relu(1.0 + fake)
+
+
 def hinge_discriminator(real: Tensor, fake: Tensor) -> Tensor:
     """Lim & Ye 2017 (https://arxiv.org/abs/1705.02894), as used by SNGAN and BigGAN."""
-    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    return hinge_real(real).mean() + hinge_fake(fake).mean()
 
 
 def hinge_generator(fake: Tensor) -> Tensor:
@@ -63,4 +81,13 @@ LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], T
     "ns": (ns_discriminator, ns_generator),
     "hinge": (hinge_discriminator, hinge_generator),
     "wgan-gp": (wasserstein_critic, wasserstein_generator),
+}
+
+# The discriminator losses that are a mean over real examples plus a mean over fakes, as their
+# per-example terms `(real_term, fake_term)`: differentially private training clips each real
+# example's gradient on its own (genlab.privacy_dp). WGAN-GP is not here: its penalty mixes a
+# real and a fake example in each interpolate.
+DISCRIMINATOR_TERMS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "ns": (ns_real, ns_fake),
+    "hinge": (hinge_real, hinge_fake),
 }
