@@ -61,6 +61,12 @@ def _private_data_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def idx_writer() -> Callable[..., Path]:
+    """`write_idx_dataset` for tests that need the tiny IDX set in a folder of their own."""
+    return write_idx_dataset
+
+
+@pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory) -> Path:
     return write_idx_dataset(tmp_path_factory.mktemp("idx"))
 

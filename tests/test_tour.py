@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_idx_dataset
 from genlab.data import catalog, wav_bytes
 from genlab.data.download import Checksum
 from genlab.data.sources import fsdd
@@ -76,7 +75,7 @@ def shrink(argv: list[str], train_index: int) -> list[str]:
     return args
 
 
-def fake_fashion_mnist(folder: Path, monkeypatch) -> None:
+def fake_fashion_mnist(folder: Path, monkeypatch, write_idx_dataset) -> None:
     """A tiny IDX set standing in for fashion-mnist, its checksums the ones the source expects."""
     write_idx_dataset(folder)
     table = {f.name: Checksum(raw_md5=hashlib.md5(f.read_bytes()).hexdigest())
@@ -144,14 +143,14 @@ def serve_once(args: list[str], cwd: Path) -> None:
     assert server.returncode == 0
 
 
-def test_the_readme_tour_runs_as_written(run_cli, tmp_path, monkeypatch) -> None:
+def test_the_readme_tour_runs_as_written(run_cli, idx_writer, tmp_path, monkeypatch) -> None:
     pytest.importorskip("fastapi")  # the `serve` extra: `make test` installs it
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GENLAB_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(catalog, "SYSTEM_DATA_DIRS", [])
-    fake_fashion_mnist(tmp_path / "cache" / "fashion-mnist", monkeypatch)
+    fake_fashion_mnist(tmp_path / "cache" / "fashion-mnist", monkeypatch, idx_writer)
     fake_fsdd(tmp_path / "cache" / "fsdd", monkeypatch)
-    write_idx_dataset(tmp_path / "my_idx_files", seed=1)
+    idx_writer(tmp_path / "my_idx_files", seed=1)
     (tmp_path / "input.txt").write_text("ROMEO:\nWhat light through yonder window breaks?\n" * 60)
 
     trains, timings = 0, []
