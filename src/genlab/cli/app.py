@@ -15,7 +15,7 @@ from genlab.version import __version__
 @click.version_option(__version__, "--version", prog_name="genlab")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 def cli(debug: bool) -> None:
-    """Train, sample and evaluate generative models (GANs, VAEs, GPTs).
+    """Train, sample, evaluate, audit and serve generative models (GANs, VAEs, diffusion, GPTs).
 
     \b
     Examples:
