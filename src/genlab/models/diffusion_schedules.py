@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +176,18 @@ def sampling_timesteps(timesteps: int, steps: int) -> Tensor:
     return torch.linspace(timesteps - 1, 0, steps, dtype=torch.float64).round().long()
 
 
+def _strided_steps(schedule: NoiseSchedule, steps: int, like: Tensor
+                   ) -> Iterator[tuple[Tensor, int, Tensor, Tensor]]:
+    """The walk of the strided samplers: (t as a batch, the next time s or -1 at the end,
+    alpha_bar_t, alpha_bar_s), from the noisiest time down."""
+    times = sampling_timesteps(schedule.timesteps, steps).tolist()
+    for i, t in enumerate(times):
+        s = int(times[i + 1]) if i + 1 < len(times) else -1
+        tt = torch.full((like.shape[0],), t, dtype=torch.long)
+        yield tt, s, schedule.alpha_bar_at(tt, like), schedule.alpha_bar_at(
+            torch.full_like(tt, s), like)
+
+
 @torch.no_grad()
 def ddim_sample(predict: Predict, objective: str, schedule: NoiseSchedule, x_T: Tensor,
                 steps: int, *, eta: float = 0.0,
@@ -186,13 +198,8 @@ def ddim_sample(predict: Predict, objective: str, schedule: NoiseSchedule, x_T: 
     eta = 1 is DDPM's ancestral step between the strided times."""
     if not 0.0 <= eta <= 1.0:
         raise UserError(f"eta must be in [0, 1], got {eta}")
-    times = sampling_timesteps(schedule.timesteps, steps)
     x = x_T
-    for i, t in enumerate(times.tolist()):
-        s = int(times[i + 1]) if i + 1 < len(times) else -1
-        tt = torch.full((x.shape[0],), t, dtype=torch.long)
-        a_t = schedule.alpha_bar_at(tt, x)
-        a_s = schedule.alpha_bar_at(torch.full_like(tt, s), x)
+    for tt, s, a_t, a_s in _strided_steps(schedule, steps, x_T):
         x0, eps = to_x0_eps(objective, predict(x, (tt.float() / schedule.timesteps).to(x.device)),
                             x, a_t)
         x0 = x0.clamp(-1, 1) if s >= 0 else x0
@@ -213,13 +220,8 @@ def ddpm_sample(predict: Predict, objective: str, schedule: NoiseSchedule, x_T: 
     with mean (sqrt(a_s) beta x0 + sqrt(alpha) (1 - a_s) x_t) / (1 - a_t) and variance
     beta (1 - a_s) / (1 - a_t), where alpha = a_t / a_s and beta = 1 - alpha are the step's
     (with steps < T, the strided step's). All T steps give the paper's sampler."""
-    times = sampling_timesteps(schedule.timesteps, steps)
     x = x_T
-    for i, t in enumerate(times.tolist()):
-        s = int(times[i + 1]) if i + 1 < len(times) else -1
-        tt = torch.full((x.shape[0],), t, dtype=torch.long)
-        a_t = schedule.alpha_bar_at(tt, x)
-        a_s = schedule.alpha_bar_at(torch.full_like(tt, s), x)
+    for tt, s, a_t, a_s in _strided_steps(schedule, steps, x_T):
         x0, _ = to_x0_eps(objective, predict(x, (tt.float() / schedule.timesteps).to(x.device)),
                           x, a_t)
         if s < 0:
