@@ -16,7 +16,8 @@ from collections import Counter
 TOKEN = "fuzz-token-0123456789"
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance,negative_data_rejection,ignored_auth")
-WITH_INPUT = ("POST /v1/images/generations", "POST /v1/completions", "GET /v1/models/{model}")
+WITH_INPUT = ("POST /v1/images/generations", "POST /v1/completions", "POST /v1/audio/generations",
+              "GET /v1/models/{model}")
 # invalid data must get one of these (schemathesis's default list also accepts any 5xx)
 CONFIG = """
 [checks.negative_data_rejection]
@@ -53,7 +54,7 @@ def test_schemathesis_finds_no_server_error(start_server, tmp_path):
     for operation in WITH_INPUT:
         assert cases["fuzzing", operation] >= 200, (operation, cases)
         assert modes[operation, "positive"] >= 20 and modes[operation, "negative"] >= 1, modes
-    for operation in WITH_INPUT[:2]:  # the bodies: many ways to be wrong
+    for operation in WITH_INPUT[:3]:  # the bodies: many ways to be wrong
         assert modes[operation, "negative"] >= 100, modes
     tested = {label for _, label in cases}
     assert tested == {*WITH_INPUT, "GET /livez", "GET /readyz", "GET /v1/models"}
