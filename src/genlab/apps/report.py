@@ -361,8 +361,8 @@ def build_report(runs: Sequence[str | Path]) -> str:
         })
     head = "".join(f"<th>{_e(c['name'])}</th>" for c in columns)
     rows = []
-    for section in ("run", "privacy", "samples", "loss curves", "evaluation", "likelihood", "utility",
-                    "audit"):
+    for section in ("run", "privacy", "samples", "loss curves", "evaluation", "likelihood",
+                    "utility", "audit"):
         cells = "".join(f"<td>{c[section]}</td>" for c in columns)
         rows.append(f"<tr><th>{_e(section)}</th>{cells}</tr>")
     title = "genlab report: " + ", ".join(c["name"] for c in columns)
