@@ -3,7 +3,8 @@
 Each run is a column; each row one thing about it: the sample grid (or text), the loss curves, the
 `genlab eval` figures beside the real-vs-real floor, the likelihood when the model has one, and the
 utility (`utility.json`) and audit (`audit.json`) results when they have been computed, every
-figure with its interval where it has one, and where it came from (checkpoint hash, seeds, genlab
+figure with its interval where it has one, a private run's privacy guarantee (epsilon spent,
+delta, noise multiplier, accountant: the `dp` entry of `checkpoint/state.json`), and where it came from (checkpoint hash, seeds, genlab
 version, the command). Images are embedded as base64 PNGs and the page has no script, font or
 style sheet to fetch, so the file reads the same offline, attached to an e-mail or in ten years.
 """
@@ -277,6 +278,35 @@ def _audit(run: Path, report: dict[str, Any] | None) -> str:
     return "".join(parts) + _provenance(report.get("provenance"))
 
 
+def _privacy(run: Path, record: dict[str, Any]) -> str:
+    """A private run's guarantee, from the `dp` entry `privacy_dp` saves in checkpoint/state.json
+    (the accountant's own figure for the saved weights, not the last metrics row)."""
+    train = record.get("train_config") or {}
+    state = _read_json(run / "checkpoint" / "state.json") or {}
+    dp = state.get("dp")
+    if not isinstance(dp, dict):
+        if train.get("dp"):
+            return '<span class="flag">trained with --dp, but checkpoint/state.json has no ' \
+                "dp entry: no guarantee can be shown</span>"
+        return '<span class="none">not private (trained without --dp)</span>'
+    eps, delta = dp.get("epsilon_spent"), dp.get("delta")
+    rows = [["epsilon spent", f'<b>{_num(eps, 4)}</b>'], ["delta", _num(delta, 3)],
+            ["noise multiplier", _num(dp.get("noise_multiplier"), 4)],
+            ["accountant", _e(dp.get("accountant", "–"))],
+            ["clip norm", _num(dp.get("clip_norm"), 4)],
+            ["sample rate", _num(dp.get("sample_rate"), 4)],
+            ["steps accounted", _num(dp.get("steps"))]]
+    target = train.get("dp_epsilon")
+    if isinstance(target, int | float) and target > 0:
+        rows.insert(1, ["epsilon target", _num(target, 4)])
+    what = "the discriminator trained privately, the generator by post-processing" \
+        if record.get("model") in ("gan", "dcgan") else "the whole model trained privately"
+    return (_table(None, rows) + f'<div class="muted">the checkpoint\'s weights and samples are '
+            f"({_num(eps, 3)}, {_num(delta, 3)})-DP with respect to the training data ({what}); "
+            "not covered: the loss curves and metrics.jsonl (computed on the private data "
+            "without noise)</div>")
+
+
 def _provenance(prov: Any) -> str:
     if not isinstance(prov, dict):
         return ""
@@ -321,6 +351,7 @@ def build_report(runs: Sequence[str | Path]) -> str:
         columns.append({
             "name": run.name,
             "run": _header(run, record),
+            "privacy": _privacy(run, record),
             "samples": _samples(run),
             "loss curves": _img(loss, "loss curves") if loss else NONE,
             "evaluation": _eval(eval_report),
@@ -330,8 +361,8 @@ def build_report(runs: Sequence[str | Path]) -> str:
         })
     head = "".join(f"<th>{_e(c['name'])}</th>" for c in columns)
     rows = []
-    for section in ("run", "samples", "loss curves", "evaluation", "likelihood", "utility",
-                    "audit"):
+    for section in ("run", "privacy", "samples", "loss curves", "evaluation", "likelihood",
+                    "utility", "audit"):
         cells = "".join(f"<td>{c[section]}</td>" for c in columns)
         rows.append(f"<tr><th>{_e(section)}</th>{cells}</tr>")
     title = "genlab report: " + ", ".join(c["name"] for c in columns)
