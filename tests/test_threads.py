@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from genlab._threads import WAIT_VARIABLES, configure_threads
+from genlab._threads import WAIT_VARIABLES, busy_cores, configure_threads
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -18,7 +18,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def test_sets_a_passive_wait_policy_before_torch_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "torch")  # as in a fresh CLI process
     env: dict[str, str] = {"OMP_NUM_THREADS": "2"}
-    assert configure_threads(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert configure_threads(env, busy=lambda: 1.0) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert env == {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -27,8 +27,38 @@ def test_a_users_own_setting_wins(monkeypatch: pytest.MonkeyPatch, name: str) ->
     monkeypatch.delitem(sys.modules, "torch")
     env = {name: "ACTIVE" if name == "OMP_WAIT_POLICY" else "1000"}
     before = dict(env)
-    assert configure_threads(env) == {}
+    assert configure_threads(env, busy=lambda: 0.0) == {}
     assert env == before
+
+
+@pytest.mark.parametrize(("taken", "threads"), [(0.0, None), (0.3, None), (1.0, 1), (1.6, 1),
+                                                (None, None)])
+def test_threads_leave_the_cores_other_programs_keep_busy(monkeypatch: pytest.MonkeyPatch,
+                                                          taken, threads) -> None:
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-core machine
+    env: dict[str, str] = {}
+    chosen = configure_threads(env, busy=lambda: taken)
+    assert chosen.get("OMP_NUM_THREADS") == (None if threads is None else str(threads))
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    user = {"OMP_NUM_THREADS": "2"}  # the user's own count is never changed
+    configure_threads(user, busy=lambda: 2.0)
+    assert user["OMP_NUM_THREADS"] == "2"
+
+
+def test_busy_cores_reads_the_kernels_counters(tmp_path: Path, monkeypatch) -> None:
+    stat = tmp_path / "stat"
+    readings = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  200 0 100 900 0 0 0 0 0 0\n",
+                     "cpu  200 0 100 900 0 0 0 0 0 0\n"])
+    monkeypatch.setattr("time.sleep", lambda s: stat.write_text(next(readings)))
+    stat.write_text(next(readings))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _busy(stat) == pytest.approx(1.0)  # 100 of 200 ticks busy on 2 cores: one core
+    assert busy_cores(stat=str(tmp_path / "none")) is None
+
+
+def _busy(stat: Path) -> float | None:
+    return busy_cores(interval=0.0, stat=str(stat))
 
 
 def test_does_nothing_once_torch_is_loaded() -> None:

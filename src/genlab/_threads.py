@@ -10,6 +10,13 @@ busy process as on a quiet machine, slower than 1 thread.
 `OMP_WAIT_POLICY=PASSIVE` makes waiting threads sleep at once (libgomp: spin count 0). libgomp reads
 the variable once, when torch loads it, so `configure_threads` must run before the first
 `import torch`: the CLI entry point calls it first thing. A setting the user made is never changed.
+
+Passive waiting alone still left a 2-core demo 40% slower next to one busy process than with one
+thread: the busy core is lent to the other program, and every region waits for it. So when the
+user has not set `OMP_NUM_THREADS`, genlab also looks at how many cores other programs keep busy
+at start (two readings of /proc/stat 50 ms apart) and asks for one thread per core left, at least
+one. On a quiet machine it sets nothing (torch takes one thread per core). It is a reading at
+start: a program that starts later is not seen.
 Figures: benchmarks/README.md, "Threads on a busy CPU" (`benchmarks/threads.py`).
 """
 
@@ -17,21 +24,57 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 
 # variables that already say how OpenMP threads wait: the user's choice wins
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+def configure_threads(environ: MutableMapping[str, str] | None = None,
+                      busy: Callable[[], float | None] | None = None) -> dict[str, str]:
     """Set genlab's OpenMP defaults in `environ` (default `os.environ`) and return what was set.
 
-    Sets nothing when torch is already imported (libgomp has read its settings; the call would
-    look effective and not be), or when the user set any of `WAIT_VARIABLES`.
+    The wait policy, unless the user set any of `WAIT_VARIABLES`; `OMP_NUM_THREADS`, unless the
+    user set it, to the cores that other programs leave free when they keep at least half a core
+    busy (`busy`: cores busy now, default `busy_cores`). Sets nothing when torch is already
+    imported (libgomp has read its settings; the call would look effective and not be).
     """
     env = os.environ if environ is None else environ
-    if "torch" in sys.modules or any(name in env for name in WAIT_VARIABLES):
+    if "torch" in sys.modules:
         return {}
-    env.update(DEFAULTS)
-    return dict(DEFAULTS)
+    chosen: dict[str, str] = {}
+    if not any(name in env for name in WAIT_VARIABLES):
+        chosen.update(DEFAULTS)
+    if "OMP_NUM_THREADS" not in env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        taken = (busy or busy_cores)()
+        if cores > 1 and taken is not None and taken >= 0.5:
+            chosen["OMP_NUM_THREADS"] = str(max(1, cores - round(taken)))
+    env.update(chosen)
+    return chosen
+
+
+def busy_cores(interval: float = 0.05, stat: str = "/proc/stat") -> float | None:
+    """Cores kept busy by all programs over `interval` seconds (this one sleeps meanwhile), from
+    the kernel's CPU counters; None where there are none (not Linux)."""
+    def reading() -> tuple[int, int] | None:
+        try:
+            with open(stat, encoding="ascii") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 5:
+            return None
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])  # busy, total (guest time is in user)
+
+    first = reading()
+    time.sleep(interval)
+    second = reading()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (second[0] - first[0]) / (second[1] - first[1])
