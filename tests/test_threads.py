@@ -90,3 +90,25 @@ def test_libgomp_reads_the_policy_when_set_before_it_loads(configure: bool,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"GOMP_SPINCOUNT = '{spin_count}'" in out.stderr, out.stderr
+
+
+def test_resume_goes_on_with_the_runs_own_thread_count(train_tiny, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from genlab.rundir import read_run
+    from genlab.runs import TrainRequest, train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # not the user's: genlab's choice
+    run = train_tiny(tmp_path / "run", steps=2)
+    assert read_run(run)["environment"]["threads"] == torch.get_num_threads() == 1
+    try:
+        torch.set_num_threads(2)  # as a later, quieter start would choose
+        train(TrainRequest(resume=str(run), steps=4, device="cpu"))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own count wins
+        train(TrainRequest(resume=str(run), steps=6, device="cpu"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

@@ -16,7 +16,9 @@ thread: the busy core is lent to the other program, and every region waits for i
 user has not set `OMP_NUM_THREADS`, genlab also looks at how many cores other programs keep busy
 at start (two readings of /proc/stat 50 ms apart) and asks for one thread per core left, at least
 one. On a quiet machine it sets nothing (torch takes one thread per core). It is a reading at
-start: a program that starts later is not seen.
+start: a program that starts later is not seen. The thread count changes the float results of
+training (a parallel sum adds in another order), so a run records it and says when genlab chose
+it, and `--resume` goes on with the run's own count unless the user set one.
 Figures: benchmarks/README.md, "Threads on a busy CPU" (`benchmarks/threads.py`).
 """
 
@@ -30,6 +32,9 @@ from collections.abc import Callable, MutableMapping
 # variables that already say how OpenMP threads wait: the user's choice wins
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+# what configure_threads set in this process: `runs` tells a thread count genlab chose (which
+# changes float results) from one the user set, and reuses a run's own count on resume
+CHOSEN: dict[str, str] = {}
 
 
 def configure_threads(environ: MutableMapping[str, str] | None = None,
@@ -54,7 +59,14 @@ def configure_threads(environ: MutableMapping[str, str] | None = None,
         if cores > 1 and taken is not None and taken >= 0.5:
             chosen["OMP_NUM_THREADS"] = str(max(1, cores - round(taken)))
     env.update(chosen)
+    if environ is None:
+        CHOSEN.update(chosen)
     return chosen
+
+
+def user_set_threads() -> bool:
+    """Whether OMP_NUM_THREADS is the user's own setting (not one genlab chose)."""
+    return "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS" not in CHOSEN
 
 
 def busy_cores(interval: float = 0.05, stat: str = "/proc/stat") -> float | None:

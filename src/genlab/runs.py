@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from genlab import _threads
 from genlab.checkpoint import (
     KEEP,
     check_against_record,
@@ -125,7 +126,7 @@ def git_commit() -> str | None:
 def environment(device: torch.device) -> dict[str, Any]:
     env = {"genlab": __version__, "torch": torch.__version__,
            "python": platform.python_version(), "platform": platform.platform(),
-           "device": str(device), "git_commit": git_commit()}
+           "device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -204,6 +205,17 @@ def train(req: TrainRequest) -> Path:
         raise
 
 
+def _same_threads_as(record: dict[str, Any]) -> None:
+    """Resume with the CPU threads the run trained with (the float results depend on them),
+    unless the user set OMP_NUM_THREADS."""
+    trained = (record.get("environment") or {}).get("threads")
+    if (isinstance(trained, int) and trained > 0 and trained != torch.get_num_threads()
+            and not _threads.user_set_threads()):
+        log.info(f"threads: {trained}, as the run trained (not {torch.get_num_threads()}): the "
+                 "results depend on the thread count; OMP_NUM_THREADS chooses another")
+        torch.set_num_threads(trained)
+
+
 def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str, Any]) -> Path:
     start = found = None
     changes: dict[str, list[Any]] = {}
@@ -219,6 +231,10 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
         # the configs training uses are the verified checkpoint's, not run.json's
         record["model_config"], record["train_config"] = start["model_config"], start[
             "train_config"]
+        _same_threads_as(record)
+    elif "OMP_NUM_THREADS" in _threads.CHOSEN and dist.is_main:
+        log.info(f"threads: {torch.get_num_threads()} (other programs keep cores of this CPU "
+                 "busy); results depend on the thread count: OMP_NUM_THREADS sets it")
     model_cls = get_model_class(record["model"])
     modality = _run_modality(record, model_cls)
     model_config = config_from_dict(model_cls.config_class, record["model_config"], "model")
