@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m genlab`."""
     from genlab._threads import configure_threads
 
-    configure_threads()  # before anything imports torch: OpenMP reads it once, at load
+    # before anything imports torch: OpenMP reads it once, at load; --help needs no busy-core
+    # reading (50 ms)
+    words = sys.argv[1:] if argv is None else argv
+    configure_threads(busy=(lambda: None) if {"-h", "--help", "--version"} & set(words) else None)
     from genlab.cli import audit, eval, info, report, serve, train, utility, vae  # noqa: F401  (registers the commands)
     from genlab.log import logger, to_stderr
 
