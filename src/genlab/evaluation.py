@@ -36,7 +36,7 @@ from genlab.featurenet import (
     shipped_names,
     subset,
 )
-from genlab.images import to_uint8
+from genlab.images import read_npz, to_uint8
 from genlab.log import get_logger
 from genlab.metrics import (
     class_accuracy,
@@ -357,11 +357,7 @@ def load_fake(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | Non
         return load_images(f"folder:{path}").images, None
     if path.suffix.lower() != ".npz" or not path.is_file():
         raise UserError(f"--fake {path}: give an .npz file (uint8 `images`) or a folder of PNGs")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"--fake {path} is not a readable .npz ({e})") from None
+    arrays = read_npz(path)
     images = arrays.get("images")
     if images is None:
         raise UserError(f"--fake {path} has no `images` array (it has {', '.join(arrays)}); "

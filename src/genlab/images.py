@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genlab.errors import UserError
 from genlab.files import atomic_write_bytes, real_dir
 
 GRID_MIN_SIDE = 256  # grids are upscaled (nearest) to at least this many pixels
@@ -77,6 +78,16 @@ def npz_bytes(images: torch.Tensor, labels: torch.Tensor | None = None,
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
+
+
+def read_npz(path: str | Path, flag: str = "--fake") -> dict[str, np.ndarray]:
+    """Every array of an .npz (never unpickling: `allow_pickle=False`); an unreadable file is one
+    line naming `flag` and the path."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {path} is not a readable .npz ({e})") from None
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

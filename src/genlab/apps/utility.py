@@ -38,6 +38,7 @@ from genlab.data import ImageData, load_images, resize_images
 from genlab.data.subset import per_class_indices, subset_sha256
 from genlab.errors import UserError
 from genlab.files import atomic_write_text
+from genlab.images import read_npz
 from genlab.limits import MAX_SAMPLES, derive_seed
 from genlab.log import get_logger
 from genlab.version import __version__
@@ -224,11 +225,7 @@ def load_fake(path: str, real: ImageData) -> tuple[Tensor, Tensor, str]:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--fake {path} is not a file; give an .npz with images and labels")
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"--fake {path} is not a readable .npz ({e})") from None
+    arrays = read_npz(path)
     if "images" not in arrays:
         raise UserError(f"--fake {path} has no `images` array (it has: "
                         f"{', '.join(arrays) or 'nothing'})")
