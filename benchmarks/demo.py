@@ -11,8 +11,9 @@ sample grids, loss plot), the training seconds between the first and the last lo
 metrics.jsonl records them, the 1-minute load average before the run (the machine may be shared:
 read the figures with it), and with eval the scores of `genlab eval RUN --json` (FD and its
 real-vs-real floor, precision, recall, mode entropy, class accuracy for a conditional demo).
-The `genlab` thread setting calls `genlab._threads.configure_threads()` before the CLI, as the entry
-point does; `default` sets nothing; a number sets OMP_NUM_THREADS.
+The `genlab` thread setting runs the entry point (`python -m genlab`, whose `main` sets genlab's
+thread defaults); `default` runs the same commands without them (torch's own); a number sets
+OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-GENLAB_MAIN = ("import sys; from genlab._threads import configure_threads; configure_threads(); "
-               "from genlab.cli import main; main(sys.argv[1:])")
-CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-           "MKL_NUM_THREADS")
+from _genlab import BARE, GENLAB, child_env, genlab
+
 SCORES = ("fd", "precision", "recall", "mode_entropy", "class_accuracy")
 
 
@@ -41,18 +38,11 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def child(args: list[str], threads: str, isa: str = "native") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    if isa == "avx2":
-        env.update(AVX2_ONLY)
+    extra = dict(AVX2_ONLY) if isa == "avx2" else {}
     if threads not in ("default", "genlab"):
-        env["OMP_NUM_THREADS"] = threads
-    src = str(ROOT / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
-    entry = ["-c", GENLAB_MAIN] if threads == "genlab" else ["-m", "genlab"]
-    proc = subprocess.run([sys.executable, *entry, *args], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"genlab {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
+        extra["OMP_NUM_THREADS"] = threads
+    env = child_env(extra, clear_threads=True)
+    return genlab(args, env, entry=BARE if threads == "default" else GENLAB)
 
 
 def training_seconds(run_dir: Path) -> float | None:

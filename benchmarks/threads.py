@@ -6,8 +6,9 @@ process (issue 12 item 9).
     python benchmarks/threads.py --variants default omp1 passive --busy 0 1
 
 Each variant is an environment for the child process (`default` = nothing set, so torch picks its
-threads and OpenMP its wait policy; the others set one variable), except `genlab`: the child calls
-`genlab._threads.configure_threads()` and then the CLI's `main`, as the entry point does. `--busy 1` starts
+threads and OpenMP its wait policy; the others set one variable), run without genlab's thread
+defaults (`_genlab.BARE`), except `genlab`: the entry point `python -m genlab`, whose `main` sets
+them (`genlab._threads.configure_threads`). `--busy 1` starts
 `python -c "while True: pass"` beside the command, as a user's other program would. Variants
 alternate within a round and the order flips every round, so slow drift from other processes hits
 all alike. One JSON line per run, then a summary line per (busy, variant) with the median seconds
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _genlab import BARE, GENLAB, child_env
 
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
@@ -36,20 +37,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     "spin10k": {"GOMP_SPINCOUNT": "10000"},
     "spin100k": {"GOMP_SPINCOUNT": "100000"},
 }
-# env variables that would leak the caller's settings into every variant
-CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-           "MKL_NUM_THREADS")
-# the CLI with configure_threads first, as its entry point calls it
-GENLAB_MAIN = ("import sys; from genlab._threads import configure_threads; configure_threads(); "
-               "from genlab.cli import main; main(sys.argv[1:])")
-
-
-def child_env(variant: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    env.update(VARIANTS[variant])
-    src = str(ROOT / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
-    return env
 
 
 def run_once(args: argparse.Namespace, variant: str, busy: bool) -> dict[str, object]:
@@ -59,12 +46,14 @@ def run_once(args: argparse.Namespace, variant: str, busy: bool) -> dict[str, ob
         time.sleep(1.0)  # let it take its core
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        entry = ["-c", GENLAB_MAIN] if variant == "genlab" else ["-m", "genlab"]
+        # every variant but `genlab` runs without genlab's thread defaults
+        entry = GENLAB if variant == "genlab" else BARE
         cmd = [sys.executable, *entry, "train", args.model, "--preset", args.preset,
                "--data", args.data, "--steps", str(args.steps), "--out", str(Path(tmp) / "run"),
                *args.extra]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, env=child_env(variant), capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=child_env(VARIANTS[variant], clear_threads=True),
+                              capture_output=True, text=True)
         seconds = time.perf_counter() - start
     if hog is not None:
         hog.kill()

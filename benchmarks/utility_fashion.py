@@ -16,25 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def genlab(args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    src = str(ROOT / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
-    proc = subprocess.run([sys.executable, "-m", "genlab", *args], env=env, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"genlab {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
+from _genlab import genlab
 
 
 def main() -> None:
