@@ -15,11 +15,16 @@ from genlab._threads import WAIT_VARIABLES, busy_cores, configure_threads
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def test_sets_a_passive_wait_policy_before_torch_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("taken", "wait"), [(1.0, {"OMP_WAIT_POLICY": "PASSIVE"}),
+                                             (0.0, {"GOMP_SPINCOUNT": "10000"}),
+                                             (None, {"GOMP_SPINCOUNT": "10000"})])
+def test_the_wait_policy_follows_the_load_at_start(monkeypatch: pytest.MonkeyPatch, taken,
+                                                   wait: dict[str, str]) -> None:
     monkeypatch.delitem(sys.modules, "torch")  # as in a fresh CLI process
-    env: dict[str, str] = {"OMP_NUM_THREADS": "2"}
-    assert configure_threads(env, busy=lambda: 1.0) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert env == {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    env: dict[str, str] = {"OMP_NUM_THREADS": "2"}  # the user's: only the wait policy is chosen
+    assert configure_threads(env, busy=lambda: taken) == wait
+    assert env == {"OMP_NUM_THREADS": "2", **wait}
 
 
 @pytest.mark.parametrize("name", WAIT_VARIABLES)
@@ -40,7 +45,9 @@ def test_threads_leave_the_cores_other_programs_keep_busy(monkeypatch: pytest.Mo
     env: dict[str, str] = {}
     chosen = configure_threads(env, busy=lambda: taken)
     assert chosen.get("OMP_NUM_THREADS") == (None if threads is None else str(threads))
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    # fewer threads because a core is busy: passive; all cores because none is: a short spin
+    assert (env.get("OMP_WAIT_POLICY"), env.get("GOMP_SPINCOUNT")) == (
+        ("PASSIVE", None) if threads else (None, "10000"))
     user = {"OMP_NUM_THREADS": "2"}  # the user's own count is never changed
     configure_threads(user, busy=lambda: 2.0)
     assert user["OMP_NUM_THREADS"] == "2"
@@ -77,13 +84,15 @@ def _libgomp() -> str:
     return str(found[0])
 
 
-@pytest.mark.parametrize(("configure", "spin_count"), [(True, "0"), (False, "300000")])
-def test_libgomp_reads_the_policy_when_set_before_it_loads(configure: bool,
+@pytest.mark.parametrize(("configure", "taken", "spin_count"),
+                         [(True, 1.0, "0"), (True, 0.0, "10000"), (False, 0.0, "300000")])
+def test_libgomp_reads_the_policy_when_set_before_it_loads(configure: bool, taken: float,
                                                            spin_count: str) -> None:
     # OMP_DISPLAY_ENV=verbose makes libgomp print, as it loads, the settings it read; PASSIVE
     # means a spin count of 0, its default (nothing set) 300,000 spins before a thread sleeps
     code = ("import ctypes, sys; from genlab._threads import configure_threads; "
-            f"configure_threads() if {configure} else None; ctypes.CDLL(sys.argv[1])")
+            f"configure_threads(busy=lambda: {taken}) if {configure} else None; "
+            "ctypes.CDLL(sys.argv[1])")
     env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     env.update(PYTHONPATH=SRC, OMP_DISPLAY_ENV="verbose")
     out = subprocess.run([sys.executable, "-c", code, _libgomp()], env=env, capture_output=True,
