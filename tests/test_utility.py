@@ -240,3 +240,19 @@ def test_unconditional_generator_and_bad_flags_exit_2(run_cli, tiny_run):
     assert code == 2 and "--real-per-class" in err
     code, _, err = run_cli("utility")
     assert code == 2 and "--fake" in err
+
+
+def test_fake_reads_channels_first_and_channels_last_alike(tmp_path):
+    from types import SimpleNamespace
+
+    from genlab.apps.utility import load_fake
+
+    real = SimpleNamespace(images=torch.zeros(2, 3, 8, 6, dtype=torch.uint8), num_classes=10)
+    nchw = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 6), dtype=np.uint8)
+    labels = np.arange(5)
+    first = load_fake(_npz(tmp_path / "first.npz", nchw, labels), real)[0]
+    # colour as `genlab sample` saves it: N x H x W x C
+    last = load_fake(_npz(tmp_path / "last.npz", nchw.transpose(0, 2, 3, 1), labels), real)[0]
+    assert torch.equal(first, torch.from_numpy(nchw)) and torch.equal(last, first)
+    with pytest.raises(UserError, match="same size"):
+        load_fake(_npz(tmp_path / "small.npz", nchw[:, :, :4], labels), real)

@@ -220,8 +220,8 @@ Source = Callable[[int, int], tuple[Tensor, Tensor]]  # (n, seed) -> balanced im
 
 
 def load_fake(path: str, real: ImageData) -> tuple[Tensor, Tensor, str]:
-    """`images` (uint8 N x H x W or N x C x H x W) and integer `labels` of an .npz, checked
-    against the real data, and the file's SHA-256."""
+    """`images` (uint8 N x H x W, N x C x H x W, or N x H x W x C as `genlab sample` writes
+    colour) and integer `labels` of an .npz, checked against the real data, and its SHA-256."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--fake {path} is not a file; give an .npz with images and labels")
@@ -234,9 +234,12 @@ def load_fake(path: str, real: ImageData) -> tuple[Tensor, Tensor, str]:
                         "samples (save them with np.savez(path, images=..., labels=...))")
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise UserError(f"--fake {path}: images must be uint8 N x H x W or N x C x H x W, got "
-                        f"{images.dtype} {images.shape}")
+        raise UserError(f"--fake {path}: images must be uint8 N x H x W, N x C x H x W or "
+                        f"N x H x W x C, got {images.dtype} {images.shape}")
     images = images[:, None] if images.ndim == 3 else images
+    c, h, w = real.images.shape[1:]
+    if images.shape[1:] != (c, h, w) and images.shape[1:] == (h, w, c):
+        images = images.transpose(0, 3, 1, 2)  # channels last, as `genlab sample` saves colour
     if images.shape[1:] != tuple(real.images.shape[1:]):
         raise UserError(f"--fake {path}: images are {images.shape[1:]}, the real data "
                         f"{tuple(real.images.shape[1:])}; give images of the same size")
