@@ -7,7 +7,9 @@ with classifier-free guidance, trained for one of three objectives (`model.objec
 
 This file holds the weights (the U-Net) and the family; the weightless schedules, targets and
 samplers are in `diffusion_schedules.py`, and the loop is the shared Trainer. Sampling uses the
-EMA of the weights. See docs/diffusion.md for the formulas and the presets.
+EMA of the weights. See docs/diffusion.md for the formulas and the presets. An eps or v model is
+a `DiscreteDiffusion`, which declares `Likelihood`: the variational bound in bits/dim (Ho et al.
+eq. 5); a flow model declares none.
 
 U-Net after Ho et al. 2020 (https://arxiv.org/abs/2006.11239) and Nichol & Dhariwal 2021: residual
 blocks with group norm and a time embedding, self-attention at the lowest resolution.
@@ -29,20 +31,26 @@ from genlab.errors import UserError
 from genlab.limits import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_WIDTH
 from genlab.models.base import (
     GenerativeModel,
+    Likelihood,
     class_labels,
     image_config_for_data,
     images_to_unit,
     unit_to_signed,
 )
 from genlab.models.diffusion_schedules import (
+    DIFFUSION_OBJECTIVES,
     SAMPLERS,
     NoiseSchedule,
+    decoder_nll,
     default_sampler,
+    diffusion_kl,
     flow_sample,
     flow_times,
     guide,
+    prior_kl,
     q_sample,
     run_sampler,
+    to_x0_eps,
     training_target,
 )
 from genlab.models.layers import ema_update
@@ -246,6 +254,17 @@ class Diffusion(GenerativeModel):
     # eta: DDIM's noise (0 deterministic, 1 ancestral)
     sample_options = {"sampler": None, "sample_steps": 50, "guidance": None, "eta": 0.0}
 
+    def __new__(cls, config: DiffusionConfig | None = None, *args: Any, **kwargs: Any
+                ) -> Diffusion:
+        """`Diffusion(config)` of a discrete-time objective (eps, v) is a `DiscreteDiffusion`,
+        which declares the `Likelihood` capability (its variational bound); a flow model stays a
+        plain `Diffusion` and declares none. (Without a config, as copy and pickle call it: the
+        class asked for.)"""
+        if cls is Diffusion and config is not None \
+                and getattr(config, "objective", None) in DIFFUSION_OBJECTIVES:
+            cls = DiscreteDiffusion
+        return super().__new__(cls)
+
     def __init__(self, config: DiffusionConfig) -> None:
         super().__init__(config)
         config.validate()
@@ -300,6 +319,12 @@ class Diffusion(GenerativeModel):
 
     # --- sampling ------------------------------------------------------------------------------
 
+    def sampling_net(self, use_ema: bool | None = None) -> nn.Module:
+        """The network `sample` uses: the EMA copy when `use_ema` (default `config.sample_ema`)
+        and there is one, else the trained weights."""
+        ema = self.config.sample_ema if use_ema is None else use_ema
+        return self.net_ema if ema and self.net_ema is not None else self.net
+
     def _predictor(self, net: nn.Module, labels: Tensor | None,
                    guidance: float | None) -> Any:
         def predict(x: Tensor, t: Tensor) -> Tensor:
@@ -333,8 +358,7 @@ class Diffusion(GenerativeModel):
                     or not 0 <= guidance <= 100:
                 raise UserError(f"guidance must be a number in 0..100, got {guidance!r}")
             guidance = float(guidance)
-        net = self.net_ema if (self.config.sample_ema if use_ema is None else use_ema) \
-            and self.net_ema is not None else self.net
+        net = self.sampling_net(use_ema)
         device = self.device
         labels = class_labels(n, labels, self.config.num_classes, generator, device)
         shape = (self.config.channels, self.config.image_size, self.config.image_size)
@@ -352,3 +376,122 @@ class Diffusion(GenerativeModel):
         finally:
             net.train(was_training)
         return torch.cat(chunks).add_(1.0).mul_(0.5).clamp_(0.0, 1.0).contiguous()
+
+
+class DiscreteDiffusion(Diffusion, Likelihood):
+    """A diffusion model of a discrete-time objective (eps, v): the family of `Diffusion`, plus
+    the variational bound on the log-likelihood of 8-bit images (the `Likelihood` capability).
+    `Diffusion(config)` returns one for those objectives; never build it directly.
+
+    The bound is Ho et al. 2020's eq. 5 for the model that `sample(sampler="ddpm",
+    sample_steps=T)` draws from: p(x_{t-1} | x_t) the Gaussian posterior at the network's x0
+    (clipped to [-1, 1]) with the fixed variance beta_tilde_t (the posterior variance, Ho et al.'s
+    sigma_t^2 = beta_tilde_t), and the discretized Gaussian decoder for the last step (its
+    variance beta_tilde at step 1, as in their code). On data x0 = 2 k / 255 - 1 of 8-bit pixels
+    k, in nats per image:
+
+        L = L_T + sum_{t=2..T} L_{t-1} + L_0,
+
+    L_T in closed form, L_0 from one noisy x_1 per image, and the sum over t estimated without
+    bias: `t_draws` steps t ~ U{2..T} per image (each with its own noise), (T - 1) L_{t-1} averaged.
+    Bits/dim divides by D ln 2 and adds nothing: the decoder gives the probability of the 8-bit
+    pixels. The network used is the one sampling uses (`sampling_net`, the EMA by default).
+    Every draw comes from `generator`. Cost: t_draws + 1 network passes per image, in fp32."""
+
+    likelihood_name = "ddpm-vlb"
+
+    def _check_images(self, images: Tensor) -> None:
+        c, s = self.config.channels, self.config.image_size
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
+            raise UserError(f"expected uint8 images of shape (N, {c}, {s}, {s}), got "
+                            f"{images.dtype} {tuple(images.shape)}; resize them to the model's "
+                            "size with genlab.data.resize_images")
+
+    @torch.no_grad()
+    def bound_terms(self, images: Tensor, *, labels: Tensor | None = None, t_draws: int = 4,
+                    generator: torch.Generator | None = None,
+                    use_ema: bool | None = None) -> dict[str, Tensor]:
+        """The terms of the bound of uint8 images `(B, C, H, W)`, float64 nats on the CPU:
+        `prior` (B,) = L_T, `decoder` (B,) = L_0, `steps` (B, t_draws) the sampled steps (1..T-1
+        in diffusion_schedules' indexing: the paper's t = 2..T) and `kl` (B, t_draws) = L_{t-1}
+        at those steps, before the weight T - 1. One network pass of (t_draws + 1) B rows;
+        a conditional model without labels is scored unconditionally (its "no label" class)."""
+        self._check_images(images)
+        if isinstance(t_draws, bool) or not isinstance(t_draws, int) or t_draws < 1:
+            raise UserError(f"t_draws must be an integer >= 1, got {t_draws!r}")
+        schedule, device = self.schedule, self.device
+        steps_total = schedule.timesteps
+        x0 = unit_to_signed(images_to_unit(images.to(device)))
+        b = x0.shape[0]
+        # t ~ U{1..T-1} (the paper's 2..T); with T = 1 there is no such step: a dummy 0, weight 0
+        low = 1 if steps_total > 1 else 0
+        steps = torch.randint(low, max(steps_total, 1 + low), (b, t_draws), device=device,
+                              generator=generator)
+        t = torch.cat([steps.t().reshape(-1), torch.zeros(b, dtype=torch.long, device=device)])
+        x0_rep = x0.repeat(t_draws + 1, *([1] * (x0.dim() - 1)))  # draw-major, then step 0
+        noise = torch.randn(x0_rep.shape, device=device, generator=generator)
+        x_t = q_sample(schedule, x0_rep, t, noise)
+        y = labels.to(device).repeat(t_draws + 1) if labels is not None else None
+        net = self.sampling_net(use_ema)
+        was_training = net.training
+        net.eval()
+        try:
+            prediction = net(x_t, t.float() / steps_total, y).float()
+        finally:
+            net.train(was_training)
+        x0_hat, _ = to_x0_eps(self.config.objective, prediction, x_t,
+                              schedule.alpha_bar_at(t, x_t))
+        x0_hat = x0_hat.clamp(-1, 1)
+        decoder = decoder_nll(schedule, x0, x0_hat[t_draws * b:])
+        if steps_total > 1:
+            kl = diffusion_kl(schedule, x0_rep[:t_draws * b], x0_hat[:t_draws * b],
+                              t[:t_draws * b])
+        else:
+            kl = torch.zeros(t_draws * b, dtype=torch.float64, device=device)
+        return {"prior": prior_kl(schedule, x0).cpu(), "decoder": decoder.cpu(),
+                "steps": steps.cpu(), "kl": kl.view(t_draws, b).t().cpu()}
+
+    def _bound(self, terms: dict[str, Tensor]) -> Tensor:
+        """The per-image estimate of L (nats) from `bound_terms`."""
+        return terms["prior"] + terms["decoder"] \
+            + (self.schedule.timesteps - 1) * terms["kl"].mean(1)
+
+    @torch.no_grad()
+    def example_nll(self, images: Tensor, *, labels: Tensor | None = None,
+                    generator: torch.Generator | None = None, t_draws: int = 4,
+                    batch_size: int = 500) -> Tensor:
+        """The bound's estimate for each uint8 image in nats, `(N,)` float64 (see the class);
+        `batch_size` rows per network pass."""
+        self._check_images(images)
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        per_pass = max(1, batch_size // (t_draws + 1))
+        out = []
+        for start in range(0, images.shape[0], per_pass):
+            y = labels[start:start + per_pass] if labels is not None else None
+            out.append(self._bound(self.bound_terms(images[start:start + per_pass], labels=y,
+                                                    t_draws=t_draws, generator=generator)))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    @torch.no_grad()
+    def likelihood_report(self, images: Tensor, *, labels: Tensor | None = None,
+                          iwae_k: int = 100, generator: torch.Generator | None = None,
+                          batch_size: int = 500, t_draws: int = 4) -> dict[str, Any]:
+        """The negative variational bound of uint8 images `(N, C, H, W)` averaged over them, in
+        nats per image (`neg_elbo_nats`) and bits/dim (`neg_elbo_bpd`), each with its standard
+        error (`*_stderr`: the spread of the per-image estimates over sqrt(N), which covers the
+        random t and noise as well as the choice of images; None for one image). There is no
+        importance-weighted bound here: `iwae_k` is ignored and the `iwae_*` keys are None."""
+        n = images.shape[0]
+        if n == 0:
+            raise UserError("likelihood_report needs at least one image")
+        per_image = self.example_nll(images, labels=labels, generator=generator,
+                                     t_draws=t_draws, batch_size=batch_size)
+        dims = math.prod(images.shape[1:]) * math.log(2)
+        mean = per_image.mean().item()
+        stderr = (per_image.std().item() / math.sqrt(n)) if n > 1 else None
+        return {"neg_elbo_nats": mean, "neg_elbo_bpd": mean / dims,
+                "neg_elbo_nats_stderr": stderr,
+                "neg_elbo_bpd_stderr": stderr / dims if stderr is not None else None,
+                "iwae_nll_nats": None, "iwae_nll_bpd": None, "iwae_k": None,
+                "t_draws": t_draws, "n_test": n, "likelihood": self.likelihood_name}

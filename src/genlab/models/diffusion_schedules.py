@@ -152,6 +152,85 @@ def flow_times(n: int, kind: str, generator: torch.Generator | None = None,
     raise UserError(f"unknown time sampling {kind!r}; allowed: uniform, logit-normal")
 
 
+# --- the variational bound (Ho et al. 2020, eq. 5) -------------------------------------------------
+#
+# In this file's indexing step t (0..T-1) is the paper's t + 1 and the data x0 is the paper's x_0:
+# the paper's L_T is `prior_kl`, its L_{t-1} for t = 2..T is `diffusion_kl` at steps 1..T-1, and
+# its L_0 = -log p(x_0 | x_1) is `decoder_nll` at step 0. All are in nats, summed over dimensions.
+
+def _sum_dims(x: Tensor) -> Tensor:
+    return x.flatten(1).sum(1)
+
+
+def prior_kl(schedule: NoiseSchedule, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x0) || N(0, I)) per image `(B,)`: q(x_T | x0) = N(sqrt(a) x0, (1 - a) I)
+    with a = alpha_bar at the last step. No network: a constant of the schedule and the data."""
+    a = schedule.alpha_bar_at(torch.full((x0.shape[0],), schedule.timesteps - 1), x0.double())
+    mean_sq, var = a * x0.double().square(), 1 - a
+    return _sum_dims(0.5 * (var + mean_sq - 1 - var.log()))
+
+
+def posterior_variance(schedule: NoiseSchedule, t: Tensor) -> Tensor:
+    """beta_tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), float64 `(B,)`, the
+    variance of q(x_{t-1} | x_t, x0) (0 at step 0, where x_{t-1} is the data)."""
+    a = schedule.alpha_bar
+    a_prev = torch.cat([a.new_ones(1), a[:-1]])
+    return (schedule.betas * (1 - a_prev) / (1 - a))[t.cpu()]
+
+
+def diffusion_kl(schedule: NoiseSchedule, x0: Tensor, x0_hat: Tensor, t: Tensor) -> Tensor:
+    """L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) per image `(B,)` at steps t >= 1,
+    where p is the Gaussian with the posterior's mean at the predicted x0_hat and the posterior's
+    variance beta_tilde_t (Ho et al.'s sigma_t^2 = beta_tilde_t). The posterior mean is
+    c0 x0 + c1 x_t with c0 = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t); with equal
+    variances the KL is |c0 (x0 - x0_hat)|^2 / (2 beta_tilde_t), and the x_t parts cancel."""
+    if bool((t < 1).any()):
+        raise ValueError("diffusion_kl is for steps t >= 1; step 0 is the decoder's")
+    a_t = schedule.alpha_bar_at(t, x0.double())
+    a_prev = schedule.alpha_bar_at(t - 1, x0.double())
+    beta = 1 - a_t / a_prev
+    c0 = a_prev.sqrt() * beta / (1 - a_t)
+    var = posterior_variance(schedule, t).to(x0.device).view_as(a_t)
+    diff = x0.double() - x0_hat.double()
+    return _sum_dims(c0.square() * diff.square() / (2 * var))
+
+
+def decoder_variance(schedule: NoiseSchedule) -> float:
+    """The variance of the decoder p(x0 | x at step 0). beta_tilde is 0 there, so, as in Ho et
+    al.'s code (`fixedsmall`, the log-variance clipped at its first non-zero value), it is
+    beta_tilde at step 1 (beta at step 0 when T = 1)."""
+    if schedule.timesteps == 1:
+        return float(schedule.betas[0])
+    return float(posterior_variance(schedule, torch.tensor([1]))[0])
+
+
+def log_normal_mass(lower: Tensor, upper: Tensor) -> Tensor:
+    """log(Phi(upper) - Phi(lower)) for lower < upper, elementwise, accurate in the tails (a bin
+    many standard deviations from the mean keeps its tiny, non-zero mass: no floor)."""
+    flip = lower > 0  # mirror an interval above 0 below it: the same mass, a smaller Phi
+    lo, hi = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
+
+
+def discretized_gaussian_log_likelihood(x0: Tensor, mean: Tensor, std: float) -> Tensor:
+    """log P(x0) per element for 8-bit data x0 = 2 k / 255 - 1 under N(mean, std^2) integrated
+    over x0's bin [x0 - 1/255, x0 + 1/255], the edge bins open to -inf at -1 and +inf at +1
+    (Ho et al. 2020, section 3.3). A log-probability of the discrete pixels, so <= 0."""
+    x, mean = x0.double(), mean.double()
+    upper, lower = (x - mean + 1 / 255) / std, (x - mean - 1 / 255) / std
+    inner = log_normal_mass(lower, upper)
+    return torch.where(x < -0.999, torch.special.log_ndtr(upper),
+                       torch.where(x > 0.999, torch.special.log_ndtr(-lower), inner))
+
+
+def decoder_nll(schedule: NoiseSchedule, x0: Tensor, x0_hat: Tensor) -> Tensor:
+    """L_0 = -log p(x0 | x at step 0) per image `(B,)`: the discretized Gaussian centred on the
+    predicted x0_hat (the posterior mean at step 0 is x0_hat itself), variance `decoder_variance`."""
+    std = math.sqrt(decoder_variance(schedule))
+    return -_sum_dims(discretized_gaussian_log_likelihood(x0, x0_hat, std))
+
+
 # --- classifier-free guidance -----------------------------------------------------------------------
 
 def guide(conditional: Tensor, unconditional: Tensor, w: float) -> Tensor:
