@@ -183,6 +183,14 @@ class Likelihood(abc.ABC):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         ...
 
+    def _check_images(self, images: torch.Tensor) -> None:
+        """uint8 images at the model's `config.channels` and `config.image_size`, or one line."""
+        c, s = self.config.channels, self.config.image_size  # type: ignore[attr-defined]
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
+            raise UserError(f"expected uint8 images of shape (N, {c}, {s}, {s}), got "
+                            f"{images.dtype} {tuple(images.shape)}; resize them to the model's "
+                            "size with genlab.data.resize_images")
+
 
 class Encoder(abc.ABC):
     """The model maps images to latents and back (`genlab reconstruct`, `genlab interpolate`).

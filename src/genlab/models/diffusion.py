@@ -400,13 +400,6 @@ class DiscreteDiffusion(Diffusion, Likelihood):
 
     likelihood_name = "ddpm-vlb"
 
-    def _check_images(self, images: Tensor) -> None:
-        c, s = self.config.channels, self.config.image_size
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
-            raise UserError(f"expected uint8 images of shape (N, {c}, {s}, {s}), got "
-                            f"{images.dtype} {tuple(images.shape)}; resize them to the model's "
-                            "size with genlab.data.resize_images")
-
     @torch.no_grad()
     def bound_terms(self, images: Tensor, *, labels: Tensor | None = None, t_draws: int = 4,
                     generator: torch.Generator | None = None,

@@ -304,12 +304,6 @@ class VAE(GenerativeModel, Likelihood, Encoder):
         self.train(was_training)
         return torch.cat(out)
 
-    def _check_images(self, images: Tensor) -> None:
-        c, s = self.config.channels, self.config.image_size
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
-            raise UserError(f"expected uint8 images of shape (N, {c}, {s}, {s}), got "
-                            f"{images.dtype} {tuple(images.shape)}; resize them to the model's "
-                            "size with genlab.data.resize_images")
 
 
 def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
