@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from genlab.checkpoint import read_state
-from genlab.data.idx import write_idx
 from genlab.errors import UserError
-from genlab.models.diffusion import Diffusion, DiffusionConfig
+from genlab.models.diffusion import Diffusion
 from genlab.models.diffusion_schedules import (
     NoiseSchedule,
     ddim_sample,
@@ -30,28 +29,14 @@ from genlab.models.diffusion_schedules import (
     training_target,
 )
 from genlab.runs import TrainRequest, train
-
-TINY = ("model.width=8", "model.channel_mults=1,2", "model.res_blocks=1", "model.heads=2",
-        "model.timesteps=50")
+from tiny_diffusion import TINY, digits, tiny_model, write_digits
 
 
 @pytest.fixture(scope="module")
 def digits_spec(tmp_path_factory) -> str:
     """The 8x8 digits as an IDX dataset (`--data idx:DIR`): a training grid of 64 images x 50
     DDIM steps costs 1/12 of the 28x28 fixture's."""
-    folder = tmp_path_factory.mktemp("digits8")
-    images, labels = _digits(), _digit_labels()
-    for split, part in (("train", slice(0, 256)), ("t10k", slice(256, 320))):
-        write_idx(folder / f"{split}-images-idx3-ubyte", images[part, 0].numpy())
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels[part])
-    return f"idx:{folder}"
-
-
-def _model(**overrides) -> Diffusion:
-    values = {"channels": 1, "image_size": 8, "width": 8, "channel_mults": "1,2",
-              "res_blocks": 1, "heads": 2, "timesteps": 100, "dropout": 0.0, **overrides}
-    torch.manual_seed(0)
-    return Diffusion(DiffusionConfig(**values))
+    return write_digits(tmp_path_factory.mktemp("digits8"))
 
 
 # --- the forward process ------------------------------------------------------------------------
@@ -208,7 +193,7 @@ def test_guide_at_zero_is_the_conditional_prediction_bit_for_bit() -> None:
 
 @pytest.mark.parametrize("objective", ["v", "flow"])
 def test_guidance_off_equals_the_conditional_model(objective: str) -> None:
-    model = _model(num_classes=3, objective=objective).eval()
+    model = tiny_model(num_classes=3, objective=objective).eval()
     labels = torch.tensor([0, 1, 2, 0])
 
     def draw(**kw) -> torch.Tensor:
@@ -224,7 +209,7 @@ def test_guidance_off_equals_the_conditional_model(objective: str) -> None:
 
 
 def test_label_dropout_uses_the_no_label_class() -> None:
-    model = _model(num_classes=3, label_dropout=0.5)
+    model = tiny_model(num_classes=3, label_dropout=0.5)
     seen = []
     model.net.class_embed.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
     images = torch.zeros(400, 1, 8, 8, dtype=torch.uint8)
@@ -237,19 +222,6 @@ def test_label_dropout_uses_the_no_label_class() -> None:
 
 # --- learning on a toy set -------------------------------------------------------------------------
 
-def _digits() -> torch.Tensor:
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images  # (1797, 8, 8) in 0..16
-    return torch.from_numpy(np.round(images * (255 / 16)).astype(np.uint8))[:, None]
-
-
-def _digit_labels() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    return load_digits().target.astype(np.uint8)
-
-
 @torch.no_grad()
 def _mean_loss(model: Diffusion, images: torch.Tensor) -> float:
     torch.manual_seed(123)  # the same times and noise for the untrained and the trained model
@@ -259,8 +231,8 @@ def _mean_loss(model: Diffusion, images: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("objective", ["eps", "v", "flow"])
 def test_a_tiny_model_learns_8x8_digits(objective: str) -> None:
-    images = _digits()
-    model = _model(objective=objective, timesteps=200, ema_decay=0.0)
+    images = digits()
+    model = tiny_model(objective=objective, timesteps=200, ema_decay=0.0)
     before = _mean_loss(model, images)
     optimizers = {"main": torch.optim.Adam(model.parameters(), lr=3e-3)}
     g = torch.Generator().manual_seed(0)
@@ -281,7 +253,7 @@ def test_a_tiny_model_learns_8x8_digits(objective: str) -> None:
     ("v", "ddim", {}), ("v", "ddim", {"eta": 0.5}), ("eps", "ddpm", {}),
     ("flow", "euler", {}), ("flow", "heun", {})])
 def test_same_seed_same_samples(objective: str, sampler: str, extra: dict) -> None:
-    model = _model(objective=objective).eval()
+    model = tiny_model(objective=objective).eval()
 
     def draw(seed: int) -> torch.Tensor:
         return model.sample(3, generator=torch.Generator().manual_seed(seed), sampler=sampler,
@@ -293,11 +265,11 @@ def test_same_seed_same_samples(objective: str, sampler: str, extra: dict) -> No
 
 
 def test_sampling_errors_are_user_errors() -> None:
-    model = _model(objective="v").eval()
+    model = tiny_model(objective="v").eval()
     with pytest.raises(UserError, match="does not fit a model trained with objective 'v'"):
         model.sample(1, sampler="euler")
     with pytest.raises(UserError, match="allowed: euler, heun"):
-        _model(objective="flow").sample(1, sampler="ddim")
+        tiny_model(objective="flow").sample(1, sampler="ddim")
     with pytest.raises(UserError, match="guidance needs a conditional model"):
         model.sample(1, guidance=1.0)
     with pytest.raises(UserError, match="sample_steps"):
@@ -305,7 +277,7 @@ def test_sampling_errors_are_user_errors() -> None:
     with pytest.raises(UserError, match="eta"):
         model.sample(1, eta=2.0)
     with pytest.raises(UserError, match="guidance must be"):
-        _model(num_classes=2).sample(1, guidance=-1.0)
+        tiny_model(num_classes=2).sample(1, guidance=-1.0)
 
 
 @pytest.mark.parametrize("bad", [{"channel_mults": "1,x"}, {"channel_mults": "1,2,2,2,2"},
@@ -313,7 +285,7 @@ def test_sampling_errors_are_user_errors() -> None:
                                  {"ema_decay": 1.0}, {"timesteps": 0}])
 def test_bad_configs_are_refused(bad: dict) -> None:
     with pytest.raises(UserError):
-        _model(**bad)
+        tiny_model(**bad)
 
 
 def test_cli_sample_with_a_wrong_sampler_is_one_line(train_tiny, run_cli, digits_spec: str,
@@ -351,7 +323,7 @@ def test_generation_requests_carry_the_sampling_options() -> None:
     from genlab.generation import GenerationRequest, RequestError
     from genlab.modalities import generate
 
-    model = _model(num_classes=3).eval()
+    model = tiny_model(num_classes=3).eval()
     model.modality = "image"
 
     def images(**options) -> torch.Tensor:

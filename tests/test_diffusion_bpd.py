@@ -8,48 +8,24 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
-from genlab.data.idx import write_idx
 from genlab.models.base import Likelihood
-from genlab.models.diffusion import Diffusion, DiffusionConfig, DiscreteDiffusion
+from genlab.models.diffusion import Diffusion, DiscreteDiffusion
 from genlab.models.diffusion_schedules import (
     decoder_nll,
     discretized_gaussian_log_likelihood,
     prior_kl,
     training_target,
 )
-
-TINY = ("model.width=8", "model.channel_mults=1,2", "model.res_blocks=1", "model.heads=2",
-        "model.timesteps=50")
-
-
-def _digits() -> Tensor:
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images  # (1797, 8, 8) in 0..16
-    return torch.from_numpy(np.round(images * (255 / 16)).astype(np.uint8))[:, None]
+from tiny_diffusion import TINY, digits, tiny_model, write_digits
 
 
 @pytest.fixture(scope="module")
 def digits_spec(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("digits8_bpd")
-    images = _digits()[:, 0].numpy()
-    labels = np.zeros(images.shape[0], dtype=np.uint8)
-    for split, part in (("train", slice(0, 256)), ("t10k", slice(256, 320))):
-        write_idx(folder / f"{split}-images-idx3-ubyte", images[part])
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels[part])
-    return f"idx:{folder}"
-
-
-def _model(**overrides) -> Diffusion:
-    values = {"channels": 1, "image_size": 8, "width": 8, "channel_mults": "1,2",
-              "res_blocks": 1, "heads": 2, "timesteps": 100, "dropout": 0.0, **overrides}
-    torch.manual_seed(0)
-    return Diffusion(DiffusionConfig(**values))
+    return write_digits(tmp_path_factory.mktemp("digits8_bpd"), labels=False)
 
 
 class Oracle(nn.Module):
@@ -76,8 +52,8 @@ def _signed(images: Tensor) -> Tensor:
                                                      ("eps", "cosine")])
 def test_with_an_oracle_every_kl_vanishes_and_the_bound_is_prior_plus_decoder(
         objective: str, schedule: str, monkeypatch) -> None:
-    model = _model(objective=objective, schedule=schedule)
-    images = _digits()[:16]
+    model = tiny_model(objective=objective, schedule=schedule)
+    images = digits()[:16]
     monkeypatch.setattr(model, "sampling_net", lambda use_ema=None: Oracle(model, _signed(images)))
     terms = model.bound_terms(images, t_draws=8, generator=torch.Generator().manual_seed(0))
     assert terms["steps"].min() >= 1 and terms["steps"].max() <= 99
@@ -105,8 +81,8 @@ def test_discretized_gaussian_sums_to_one_and_keeps_far_tails() -> None:
 
 
 def test_same_seed_same_bound_other_seed_another() -> None:
-    model = _model(objective="v")
-    images = _digits()[:24]
+    model = tiny_model(objective="v")
+    images = digits()[:24]
 
     def bound(seed: int) -> dict:
         return model.likelihood_report(images, generator=torch.Generator().manual_seed(seed))
@@ -121,18 +97,18 @@ def test_same_seed_same_bound_other_seed_another() -> None:
 
 
 def test_the_ema_network_is_the_one_scored(monkeypatch) -> None:
-    model = _model(objective="eps", ema_decay=0.9)
+    model = tiny_model(objective="eps", ema_decay=0.9)
     assert model.sampling_net() is model.net_ema
-    images = _digits()[:8]
+    images = digits()[:8]
     monkeypatch.setattr(model, "net_ema", Oracle(model, _signed(images)))
     terms = model.bound_terms(images, generator=torch.Generator().manual_seed(0))
     assert terms["kl"].abs().max() < 1e-6
 
 
 def test_training_lowers_the_bound() -> None:
-    images = _digits()
+    images = digits()
     train, test = images[:1500], images[1500:1600]
-    model = _model(objective="v", ema_decay=0.0)
+    model = tiny_model(objective="v", ema_decay=0.0)
 
     def bpd() -> float:
         report = model.likelihood_report(test, generator=torch.Generator().manual_seed(0))
@@ -154,9 +130,9 @@ def test_training_lowers_the_bound() -> None:
 
 def test_only_discrete_objectives_declare_the_likelihood() -> None:
     for objective in ("eps", "v"):
-        model = _model(objective=objective)
+        model = tiny_model(objective=objective)
         assert isinstance(model, Likelihood) and isinstance(model, DiscreteDiffusion)
-    flow = _model(objective="flow")
+    flow = tiny_model(objective="flow")
     assert isinstance(flow, Diffusion) and not isinstance(flow, Likelihood)
     assert not hasattr(flow, "likelihood_report")
 
