@@ -26,6 +26,15 @@ Which parameters are private, per family (`private_network`):
   conditional generator's labels are drawn uniformly at random, never taken from the real batch,
   and the fake batch has the fixed expected size, never the sampled batch's size.
 
+- Release (merf, any `models.base.FitsData` family): the model reads the data once, as one
+  statistic that is a sum of per-example terms of L2 norm at most its `data_sensitivity` (merf:
+  random Fourier features times a one-hot label, norm exactly 1). `PrivateRelease.release` adds
+  N(0, s^2 sensitivity^2) to every entry once, before training, and the generator then trains on
+  that release alone: post-processing. For the accountant that is one full-batch DP-SGD step
+  with clip norm = the sensitivity: history [(s, 1.0, 1)], s chosen for `dp_epsilon` at sample
+  rate 1 and 1 step. No Poisson sampling, no per-sample gradients; the epsilon is constant from
+  the first step on. `train.dp_clip_norm` does not apply (the bound is the family's own).
+
 Each discriminator step is one Poisson-sampled Gaussian mechanism, so `model.d_steps` must be 1
 (each D step a fresh sample) and one accountant step is taken per training step. WGAN-GP is
 refused: its gradient penalty reads real examples (interpolates) outside the per-sample clip.
@@ -95,9 +104,13 @@ def check_model(model_cls: type, model_config: Any, train: Any) -> None:
         raise UserError("--dp needs Opacus: pip install 'genlab[dp]' (or pip install opacus)")
     family = private_family(model_cls)
     if family is None:
-        raise UserError(f"--dp supports the gan, dcgan, vae and convvae models, not "
-                        f"{model_cls.name}")
+        raise UserError(f"--dp supports the gan, dcgan, vae and convvae models (per-example "
+                        f"gradients) and merf (one release), not {model_cls.name}")
     check_train_config(train)
+    if family == "release" and train.dp_clip_norm != 1.0:
+        raise UserError(f"{model_cls.name} bounds each example's contribution itself (L2 norm "
+                        f"{model_cls.data_sensitivity:g}, no clipping): train.dp_clip_norm does "
+                        "not apply; leave it at 1")
     if family == "gan":
         if model_config.loss == "wgan-gp":
             raise UserError("--dp cannot train model.loss=wgan-gp: its gradient penalty reads "
@@ -109,10 +122,14 @@ def check_model(model_cls: type, model_config: Any, train: Any) -> None:
 
 
 def private_family(model_cls: type) -> str | None:
-    """'gan' (only the discriminator is private), 'vae' (the whole model), or None."""
+    """'gan' (only the discriminator is private), 'vae' (the whole model), 'release' (one
+    noised statistic of the data, `FitsData`), or None."""
+    from genlab.models.base import FitsData
     from genlab.models.gan import GAN
     from genlab.models.vae import VAE
 
+    if issubclass(model_cls, FitsData):
+        return "release"
     if issubclass(model_cls, GAN):
         return "gan"
     if issubclass(model_cls, VAE):
@@ -179,9 +196,11 @@ def noise_for_epsilon(epsilon: float, delta: float, sample_rate: float, steps: i
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                          sample_rate=sample_rate, steps=steps,
-                                          accountant=accountant, epsilon_tolerance=0.01))
+        with warnings.catch_warnings():  # the search tries tiny noise, whose best order is the last
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, steps=steps,
+                                              accountant=accountant, epsilon_tolerance=0.01))
     except ValueError as e:  # the search gives up above its largest noise
         raise UserError(f"train.dp_epsilon={epsilon:g} cannot be reached in {steps} steps at "
                         f"sample rate {sample_rate:.3g} ({e}); raise epsilon or train for fewer "
@@ -436,6 +455,52 @@ class PrivateTraining:
                 "history": [list(h) for h in self.accountant.history]}
 
 
+class PrivateRelease:
+    """The privacy state of a `FitsData` run: one Gaussian release of its data statistic.
+
+    `release(statistic)` adds N(0, (s * sensitivity)^2) to every entry, from a generator seeded
+    by the run's seed, and takes the accountant's one step (sample rate 1). It refuses a second
+    call: a resume restores `history` and never releases again."""
+
+    family = "release"
+
+    def __init__(self, *, noise_multiplier: float, sensitivity: float, delta: float, seed: int,
+                 accountant: str = "rdp", history: Iterable[Iterable[float]] = ()) -> None:
+        self.noise_multiplier, self.sensitivity = noise_multiplier, sensitivity
+        self.delta, self.seed, self.accountant_name = delta, seed, accountant
+        self.accountant = make_accountant(accountant, history)
+
+    @property
+    def released(self) -> bool:
+        return bool(self.accountant.history)
+
+    def release(self, statistic: Tensor) -> Tensor:
+        """statistic + N(0, (s sensitivity)^2 I): the only place the data's statistic leaves."""
+        if self.released:
+            raise RuntimeError("the data statistic was released already; a second release "
+                               "would spend the budget again")
+        g = torch.Generator().manual_seed(derive_seed(self.seed ^ _NOISE_STREAM, 0))
+        noise = torch.randn(statistic.shape, generator=g, dtype=torch.float64)
+        std = self.noise_multiplier * self.sensitivity
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=1.0)
+        return statistic + (noise * std).to(statistic.device, statistic.dtype)
+
+    def wrap(self, step_fn: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
+        return step_fn  # training reads the release only: post-processing, nothing to change
+
+    def epsilon(self) -> float:
+        return epsilon_of(self.accountant, self.delta)
+
+    def state(self) -> dict[str, Any]:
+        """`dp` in checkpoint/state.json, with the keys of `PrivateTraining.state`: the clip
+        norm is the family's sensitivity, one step at sample rate 1."""
+        return {"epsilon_spent": self.epsilon(), "delta": self.delta,
+                "noise_multiplier": self.noise_multiplier, "accountant": self.accountant_name,
+                "clip_norm": self.sensitivity, "sample_rate": 1.0, "expected_batch": None,
+                "steps": len(self.accountant.history), "mechanism": "gaussian release",
+                "history": [list(h) for h in self.accountant.history]}
+
+
 class _PrivateOptimizer:
     """An optimizer whose `step` first replaces the gradients by their private version (the
     whole-model families: the family's own train_step runs unchanged)."""
@@ -471,15 +536,20 @@ def _drop_activations(module: nn.Module) -> None:
 # --- wiring into a run -----------------------------------------------------------------------------
 
 def attach(model: nn.Module, train: Any, batcher: Any, *, total_steps: int,
-           state: dict[str, Any] | None, world_size: int = 1) -> tuple[PrivateTraining, Any]:
+           state: dict[str, Any] | None, world_size: int = 1
+           ) -> tuple[PrivateTraining | PrivateRelease, Any]:
     """For a run with `train.dp`: the `PrivateTraining` (continued from a checkpoint's `dp`
-    state) and the Poisson batcher that replaces the run's in-memory batcher."""
+    state) and the Poisson batcher that replaces the run's in-memory batcher; for a `FitsData`
+    family the `PrivateRelease` and the batcher unchanged (`runs` releases, then trains on no
+    data)."""
     if world_size > 1:
         raise UserError("--dp trains on one process; run it without torchrun")
     if not hasattr(batcher, "images"):
         raise UserError("--dp needs an in-memory image dataset")
     n = int(batcher.images.shape[0])
     check_delta(train.dp_delta, n)
+    if private_family(type(model)) == "release":
+        return _attach_release(model, train, n, state), batcher
     q = train.batch_size / n
     if state:  # a resume: the noise and accounting of the run so far, exactly
         sigma = float(state["noise_multiplier"])
@@ -511,3 +581,28 @@ def attach(model: nn.Module, train: Any, batcher: Any, *, total_steps: int,
                  f"gradients are clipped to train.dp_clip_norm={train.dp_clip_norm:g} instead")
     model.privacy = private
     return private, PoissonBatcher(batcher.images, batcher.labels, q, train.seed)
+
+
+def _attach_release(model: nn.Module, train: Any, n: int,
+                    state: dict[str, Any] | None) -> PrivateRelease:
+    """A `FitsData` run's privacy: the noise for one Gaussian release at sample rate 1 (one
+    full-batch step for the accountant), or, on resume, the release that was made."""
+    if state:
+        sigma, history = float(state["noise_multiplier"]), state.get("history", [])
+    elif train.dp_noise_multiplier > 0:
+        sigma, history = train.dp_noise_multiplier, []
+    else:
+        sigma, history = noise_for_epsilon(train.dp_epsilon, train.dp_delta, 1.0, 1,
+                                           train.dp_accountant), []
+    private = PrivateRelease(noise_multiplier=sigma, sensitivity=float(model.data_sensitivity),
+                             delta=train.dp_delta, seed=train.seed,
+                             accountant=train.dp_accountant, history=history)
+    planned = epsilon_of(make_accountant(train.dp_accountant, [(sigma, 1.0, 1)]), train.dp_delta)
+    if train.dp_epsilon > 0 and not state:
+        log.info(f"--dp: the whole budget goes to the one release; train.steps changes nothing "
+                 f"in it (epsilon {planned:.3g} after any number of generator steps)")
+    log.info(f"--dp: one Gaussian release of the data's statistic (L2 sensitivity "
+             f"{private.sensitivity:g}, no clipping), noise multiplier {sigma:.4g}, "
+             f"{train.dp_accountant} accountant: epsilon {planned:.3g} at delta "
+             f"{train.dp_delta:g} for the {n} examples; training then reads the release only")
+    return private

@@ -55,6 +55,7 @@ from genlab.limits import check_path
 from genlab.log import get_logger
 from genlab.modalities import Modality, get_modality, modality_for_data
 from genlab.models import GenerativeModel, get_model_class
+from genlab.models.base import FitsData
 from genlab.privacy_dp import check_model, check_train_config, private_config
 from genlab.rundir import (
     METRICS_FILE,
@@ -328,6 +329,8 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
                                   state=start.get("dp") if start else None,
                                   world_size=dist.world_size)
         ddp_step = private.wrap(ddp_step or model.train_step)
+    if isinstance(model, FitsData):
+        batcher = fit_data_once(model, batcher, private, new=found is None)
     if train_cfg.compile:
         if dist.is_main:
             log.info("compiling the networks (torch.compile): the first steps take longer")
@@ -384,6 +387,38 @@ def _train(req: TrainRequest, dist: DistContext, run_dir: Path, record: dict[str
                         keys=model.progress_keys)
         dist.close(synchronize=finished)
     return run_dir
+
+
+class DataFreeBatcher:
+    """What a `FitsData` model trains with after its one pass over the data: empty batches
+    (the trainer's step count and schedule stay as with data; no example is ever handed out)."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def fit_data_once(model: FitsData, batcher: Any, private: Any, *, new: bool) -> DataFreeBatcher:
+    """A new run of a `FitsData` model: its statistic of the whole training set, released
+    through `private` under --dp (one Gaussian release), kept by the model. A resume does not
+    read the data for it: the checkpoint holds the statistic (and no noise is drawn again).
+    Either way training then gets a batcher that holds no data."""
+    if new:
+        if not hasattr(batcher, "images"):
+            raise UserError(f"{model.name} needs an in-memory image dataset")
+        images, labels = batcher.images, getattr(batcher, "labels", None)
+        t0 = time.perf_counter()
+        statistic = model.data_statistic(images, labels)
+        if private is not None:
+            statistic = private.release(statistic)
+        model.fit_data(statistic, int(images.shape[0]))
+        log.info(f"{model.name}: read the {images.shape[0]} training examples once "
+                 f"({time.perf_counter() - t0:.1f} s)"
+                 + ("; released with Gaussian noise" if private is not None else "")
+                 + "; training reads that statistic only")
+    return DataFreeBatcher(getattr(batcher, "steps_per_epoch", 1))
 
 
 RUN_SLOTS = ("checkpoint", "checkpoint.prev-1", "best", METRICS_FILE, RUN_FILE, "samples",

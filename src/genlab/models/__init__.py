@@ -6,6 +6,7 @@ from genlab.models.base import GenerativeModel
 from genlab.models.diffusion import Diffusion
 from genlab.models.gan import DCGAN, MLPGAN
 from genlab.models.gpt import GPT
+from genlab.models.merf import MERF
 from genlab.models.vae import MLPVAE, ConvVAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
@@ -15,6 +16,7 @@ MODELS: dict[str, type[GenerativeModel]] = {
     ConvVAE.name: ConvVAE,
     GPT.name: GPT,
     Diffusion.name: Diffusion,
+    MERF.name: MERF,
 }
 
 __all__ = ["MODELS", "GenerativeModel", "get_model_class"]

@@ -234,6 +234,31 @@ class Discriminator(abc.ABC):
         ...
 
 
+class FitsData(abc.ABC):
+    """The model reads its whole training set once, before the first step, as one statistic,
+    and then trains on that statistic alone, never on batches (a mean-embedding generator).
+
+    - `data_statistic(images uint8 (N, C, H, W), labels (N,) or None) -> Tensor`: a SUM over
+      the examples of a per-example term whose L2 norm is at most `data_sensitivity`, so adding
+      or removing one example moves it by at most that much (what `--dp`'s one Gaussian release
+      needs, `genlab.privacy_dp.PrivateRelease`).
+    - `fit_data(statistic, n)`: keep the (possibly noised) statistic of the `n` examples; it is
+      saved with the weights, so a resumed run neither reads the data for it nor redraws noise.
+
+    `genlab.runs` calls both for a new run and then trains with a batcher that holds no data."""
+
+    data_sensitivity: ClassVar[float] = 1.0
+
+    @abc.abstractmethod
+    def data_statistic(self, images: torch.Tensor,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+
+    @abc.abstractmethod
+    def fit_data(self, statistic: torch.Tensor, n: int) -> None:
+        ...
+
+
 def make_optimizer(params: Any, train: TrainConfig, **overrides: Any) -> torch.optim.Optimizer:
     """Adam or AdamW from the train config. AdamW decays only matrices (not biases, norms)."""
     params = [p for p in params if p.requires_grad]
