@@ -8,6 +8,7 @@ from genlab.models.gan import DCGAN, MLPGAN
 from genlab.models.gpt import GPT
 from genlab.models.merf import MERF
 from genlab.models.vae import MLPVAE, ConvVAE
+from genlab.models.wavegan import WaveGAN
 
 MODELS: dict[str, type[GenerativeModel]] = {
     MLPGAN.name: MLPGAN,
@@ -17,6 +18,7 @@ MODELS: dict[str, type[GenerativeModel]] = {
     GPT.name: GPT,
     Diffusion.name: Diffusion,
     MERF.name: MERF,
+    WaveGAN.name: WaveGAN,
 }
 
 __all__ = ["MODELS", "GenerativeModel", "get_model_class"]
