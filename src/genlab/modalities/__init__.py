@@ -15,11 +15,13 @@ from genlab.modalities.audio import AudioModality
 from genlab.modalities.base import Modality, Prepared, Samples
 from genlab.modalities.image import ImageModality
 from genlab.modalities.text import TextModality
+from genlab.modalities.waveform import WaveformModality
 from genlab.models.base import GenerativeModel
 
 MODALITIES: dict[str, Modality] = {
     ImageModality.name: ImageModality(),
     AudioModality.name: AudioModality(),
+    WaveformModality.name: WaveformModality(),
     TextModality.name: TextModality(),
 }
 
@@ -35,11 +37,13 @@ def get_modality(name: str) -> Modality:
 
 
 def modality_for_data(spec: str, model_cls: type[GenerativeModel]) -> Modality:
-    """The modality of a `--data` spec for a model family: the one that claims the spec, else
+    """The modality of a `--data` spec for a model family: among those that claim the spec, the
+    one that feeds the family (fsdd is spectrogram images for dcgan, waveforms for wavegan), else
     the family's own (whose reader then says what is wrong with the spec). A spec of a kind the
     family cannot train on is refused."""
     claimed = [m for m in MODALITIES.values() if m.claims(spec)]
-    modality = claimed[0] if claimed else get_modality(model_cls.modality)
+    feeding = [m for m in claimed if m.feeds == model_cls.modality]
+    modality = (feeding or claimed or [get_modality(model_cls.modality)])[0]
     if modality.feeds != model_cls.modality:
         kinds = [m for m in MODALITIES.values() if m.feeds == model_cls.modality]
         raise UserError(f"{model_cls.name} trains on {' or '.join(m.description for m in kinds)}; "

@@ -7,6 +7,8 @@ samples: 1.0 s at 8 kHz), loudness-normalized and turned into a 64x64 log-mel im
 (`genlab.audio`). Generated images go back to sound by fast Griffin-Lim. Evaluation scores
 what a user hears: each generated image becomes a 16-bit WAV clip, which is then read like a
 real clip (spectrogram of the waveform), so a spectrogram that no waveform has is not rewarded.
+The waveform modality (`genlab.modalities.waveform`, for wavegan) is this one with waveforms in
+place of spectrograms: the same samples, files, training-time outputs and evaluation.
 See docs/audio.md.
 """
 
@@ -62,6 +64,8 @@ MIN_SIDE = 8  # smallest image side tried for a family that cannot take the spec
 class AudioSamples(Samples):
     """Generated spectrograms (uint8 `(N, 1, S, S)` at the spectrogram's size), their labels,
     and the waveforms Griffin-Lim makes of them, computed once when first needed (seeded).
+    A waveform model's samples (`from_waveforms`) hold their waveforms from the start and the
+    spectrograms of them as heard (`heard`), so both routes write the same files.
 
     Formats by suffix: `.wav` one clip (N = 1) or all clips one after the other with 0.25 s
     of silence between them (N > 1); `.zip` one WAV per sample plus the grid; `.png` the grid
@@ -87,12 +91,28 @@ class AudioSamples(Samples):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
+    @classmethod
+    def from_waveforms(cls, waves: torch.Tensor, labels: torch.Tensor | None = None,
+                       nrow: int | None = None, seed: int = 0,
+                       config: SpectrogramConfig = SPECTROGRAM) -> AudioSamples:
+        """Samples of a waveform model: float `(N, clip_samples)` in [-1, 1], with the
+        spectrograms of them as the feature net hears them (16-bit, normalized)."""
+        waves = waves.detach().float().cpu().clamp(-1.0, 1.0)
+        return cls(heard(waves, config), labels, nrow, seed=seed, config=config, _waves=waves)
+
     @property
     def waves(self) -> torch.Tensor:
         """float32 `(N, clip_samples)` in [-1, 1]."""
         if self._waves is None:
             self._waves = to_waveforms(self.images, self.seed, self.config)
         return self._waves
+
+    def head(self, k: int) -> AudioSamples:
+        """The first `k` samples; Griffin-Lim (if any) runs for those only."""
+        return dataclasses.replace(
+            self, images=self.images[:k],
+            labels=None if self.labels is None else self.labels[:k],
+            _waves=None if self._waves is None else self._waves[:k])
 
     def wav_files(self) -> list[bytes]:
         """One 16-bit PCM mono WAV file per sample."""
@@ -209,6 +229,7 @@ class AudioModality(Modality):
     description = "audio: fsdd, wav:DIR (as 64x64 log-mel spectrograms)"
     unit = "clip"
     samples_class = AudioSamples
+    to_sound: ClassVar[str] = "Griffin-Lim back to sound"  # how samples become sound (eval log)
 
     def claims(self, spec: str) -> bool:
         if spec.startswith(PREFIX):
@@ -230,6 +251,14 @@ class AudioModality(Modality):
     def generate(self, model: GenerativeModel, request: GenerationRequest) -> AudioSamples:
         return generate_audio(model, request)
 
+    def sample_waves(self, model: GenerativeModel, n: int,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`n` generated clips, float `(N, clip_samples)`, and their labels (balanced classes
+        for a conditional model): what evaluation scores. Here: spectrograms, then Griffin-Lim
+        from phases drawn from `seed`."""
+        images, labels = evaluation.sample_images(model, n, seed)
+        return to_waveforms(to_spectrograms(images), seed), labels
+
     def write_training_samples(self, model: GenerativeModel, run_dir: Path, step: int,
                                seed: int) -> Path:
         """A grid of spectrograms from a fixed seed (`samples/step_N.png`, `samples.png`) and
@@ -238,8 +267,7 @@ class AudioModality(Modality):
         png = samples.encode("png_grid")
         path = write_bytes(png, run_dir / "samples" / f"step_{step:07d}.png")
         write_bytes(png, run_dir / "samples.png")
-        few = AudioSamples(samples.images[:TRAINING_WAVS], seed=seed)
-        for k, wav in enumerate(few.wav_files()):
+        for k, wav in enumerate(samples.head(TRAINING_WAVS).wav_files()):
             write_bytes(wav, run_dir / "samples" / f"step_{step:07d}_{k}.wav")
             write_bytes(wav, run_dir / f"samples_{k}.wav")
         return path
@@ -262,8 +290,8 @@ class AudioModality(Modality):
 
         def evaluate(step: int) -> dict[str, float]:
             model.eval()
-            images, _ = evaluation.sample_images(model, len(real), seed)
-            feats, _ = net.embed(heard(to_waveforms(to_spectrograms(images), seed)))
+            waves, _ = self.sample_waves(model, len(real), seed)
+            feats, _ = net.embed(heard(waves))
             out = {"fd": frechet_distance_from_stats(*stats, *gaussian_stats(feats))}
             out["kid_mean"], out["kid_std"] = kid(real.features, feats, seed=seed)
             return out
@@ -304,9 +332,9 @@ class AudioModality(Modality):
         report["n"] = n = evaluation._cap(n, len(reference.images), reference.label(), report,
                                           log)
         t0 = time.perf_counter()
-        log(f"sampling {n} clips from {run_dir} (seed {seed}), Griffin-Lim back to sound")
-        images, labels = evaluation.sample_images(model, n, seed)
-        fake = heard(to_waveforms(to_spectrograms(images), seed))
+        log(f"sampling {n} clips from {run_dir} (seed {seed}), {self.to_sound}")
+        waves, labels = self.sample_waves(model, n, seed)
+        fake = heard(waves)
         report["provenance"]["sample_seconds"] = round(time.perf_counter() - t0, 3)
         evaluation.compare(net, fake, labels, reference, n=n, seed=seed, data_dir=data_dir,
                            report=report, log=log)
