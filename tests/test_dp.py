@@ -377,3 +377,25 @@ def test_vae_per_sample_grads_match_explicit_ones(monkeypatch) -> None:
     for j, (a, p) in enumerate(zip(hooked, params)):
         b = torch.stack([e[j] if e[j] is not None else torch.zeros_like(p) for e in explicit])
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_merf_is_the_release_kind_and_attach_keeps_its_batcher() -> None:
+    """A FitsData family is private as one release: no Poisson batcher, no per-sample hooks,
+    noise for one step at sample rate 1."""
+    from genlab.models.merf import MERF, MERFConfig
+    from genlab.privacy_dp import PrivateRelease, attach, noise_for_epsilon, private_family
+
+    assert private_family(MERF) == "release" and private_family(DCGAN) == "gan"
+    torch.manual_seed(0)
+    model = MERF(MERFConfig(channels=1, image_size=28, num_classes=4, features=64))
+
+    class Batcher:
+        images, labels = _real(0, n=100)["images"], torch.arange(100) % 4
+        steps_per_epoch = 12
+
+    batcher = Batcher()
+    train = TrainConfig(dp=True, dp_epsilon=10.0, dp_delta=1e-4, batch_size=8)
+    private, out = attach(model, train, batcher, total_steps=1000, state=None)
+    assert isinstance(private, PrivateRelease) and out is batcher
+    assert private.noise_multiplier == noise_for_epsilon(10.0, 1e-4, 1.0, 1, "rdp")
+    assert private.epsilon() == 0.0 and not private.released  # nothing spent before the release
