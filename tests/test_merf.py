@@ -242,6 +242,9 @@ def test_dp_resume_is_bit_identical_and_never_releases_again(run_cli, idx_spec, 
     code, _, err = run_cli("sample", tmp_path / "whole", "--n", 4, "--label", 1,
                            "--out", tmp_path / "s.png")
     assert code == 0, err
+    code, _, err = run_cli("report", tmp_path / "whole", "--out", tmp_path / "card.html")
+    assert code == 0, err  # the card says what the guarantee covers for this family
+    assert "one noised release of a statistic of the data" in (tmp_path / "card.html").read_text()
 
 
 def test_generator_training_never_touches_the_data_after_the_release(

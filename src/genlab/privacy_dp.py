@@ -121,6 +121,15 @@ def check_model(model_cls: type, model_config: Any, train: Any) -> None:
                             "Poisson sample and is accounted once")
 
 
+# what a (epsilon, delta) guarantee covers, by `private_family` (the report card says it)
+WHAT_IS_PRIVATE = {
+    "gan": "the discriminator trained privately, the generator by post-processing",
+    "vae": "the whole model trained privately",
+    "release": "one noised release of a statistic of the data, the generator trained on it "
+               "alone by post-processing",
+}
+
+
 def private_family(model_cls: type) -> str | None:
     """'gan' (only the discriminator is private), 'vae' (the whole model), 'release' (one
     noised statistic of the data, `FitsData`), or None."""

@@ -299,12 +299,20 @@ def _privacy(run: Path, record: dict[str, Any]) -> str:
     target = train.get("dp_epsilon")
     if isinstance(target, int | float) and target > 0:
         rows.insert(1, ["epsilon target", _num(target, 4)])
-    what = "the discriminator trained privately, the generator by post-processing" \
-        if record.get("model") in ("gan", "dcgan") else "the whole model trained privately"
+    what = _what_is_private(record.get("model"))
     return (_table(None, rows) + f'<div class="muted">the checkpoint\'s weights and samples are '
             f"({_num(eps, 3)}, {_num(delta, 3)})-DP with respect to the training data ({what}); "
             "not covered: the loss curves and metrics.jsonl (computed on the private data "
             "without noise)</div>")
+
+
+def _what_is_private(model: Any) -> str:
+    """What the guarantee covers for the run's family (genlab.privacy_dp.WHAT_IS_PRIVATE)."""
+    from genlab.models import MODELS
+    from genlab.privacy_dp import WHAT_IS_PRIVATE, private_family
+
+    family = private_family(MODELS[model]) if model in MODELS else None
+    return WHAT_IS_PRIVATE.get(family or "vae")
 
 
 def _provenance(prov: Any) -> str:
