@@ -61,6 +61,14 @@ def _private_data_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def wav_spec(tmp_path_factory) -> str:
+    """`--data wav:DIR` of the tiny tones (`write_tiny_wavs`: 4 classes, one tone each)."""
+    from genlab.modalities.audio import write_tiny_wavs
+
+    return f"wav:{write_tiny_wavs(tmp_path_factory.mktemp('tones'))}"
+
+
+@pytest.fixture(scope="session")
 def idx_writer() -> Callable[..., Path]:
     """`write_idx_dataset` for tests that need the tiny IDX set in a folder of their own."""
     return write_idx_dataset

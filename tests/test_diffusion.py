@@ -29,7 +29,7 @@ from genlab.models.diffusion_schedules import (
     training_target,
 )
 from genlab.runs import TrainRequest, train
-from tiny_diffusion import TINY, digits, tiny_model, write_digits
+from helpers import TINY, digits, tiny_model, write_digits
 
 
 @pytest.fixture(scope="module")

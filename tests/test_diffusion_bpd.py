@@ -20,7 +20,7 @@ from genlab.models.diffusion_schedules import (
     prior_kl,
     training_target,
 )
-from tiny_diffusion import TINY, digits, tiny_model, write_digits
+from helpers import TINY, digits, tiny_model, write_digits
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ resume, serving at /v1/audio/generations, and one-line errors."""
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-import wave
 import zipfile
 from pathlib import Path
 
@@ -22,26 +20,16 @@ from genlab.checkpoint import read_state
 from genlab.config import TrainConfig
 from genlab.errors import UserError
 from genlab.modalities import MODALITIES, modality_for_data
-from genlab.modalities.audio import TINY_FREQS, AudioSamples, heard, write_tiny_wavs
+from genlab.modalities.audio import TINY_FREQS, AudioSamples, heard
 from genlab.models import MODELS
 from genlab.models.wavegan import PhaseShuffle, WaveGAN, WaveGANConfig
 from genlab.rundir import load_model
 from genlab.runs import TrainRequest, train
+from helpers import wav_header
 
 CLIP = DEFAULT.clip_samples  # 8001
 TINY = ("train.log_every=1", "train.sample_every=2", "train.checkpoint_every=0",
         "model.d=2", "model.nz=8")
-
-
-def read(data: bytes) -> tuple[int, int, int, int]:
-    """(channels, bytes per sample, rate, frames) of WAV bytes."""
-    with wave.open(io.BytesIO(data)) as w:
-        return w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-
-
-@pytest.fixture(scope="module")
-def wav_spec(tmp_path_factory) -> str:
-    return f"wav:{write_tiny_wavs(tmp_path_factory.mktemp('tones'))}"
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +162,7 @@ def test_cli_trains_and_writes_grids_and_wavs(tmp_path, wav_spec, run_cli) -> No
     assert record["model_config"]["num_classes"] == 4 and record["data_info"]["clips"] == 48
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for k in range(4):
-        assert read((out / f"samples_{k}.wav").read_bytes()) == (1, 2, 8000, CLIP)
+        assert wav_header((out / f"samples_{k}.wav").read_bytes()) == (1, 2, 8000, CLIP)
         assert (out / "samples" / f"step_0000002_{k}.wav").is_file()
 
 
@@ -184,12 +172,12 @@ def test_sample_writes_8khz_mono_16bit_wavs_like_the_spectrogram_route(tmp_path,
                            tmp_path / "two.wav")
     assert code == 0, err
     one = (tmp_path / "two.wav").read_bytes()
-    assert read(one) == (1, 2, 8000, CLIP)
+    assert wav_header(one) == (1, 2, 8000, CLIP)
     assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli("sample", run, "--label", "3", "--n", "3", "--out",
                            tmp_path / "threes.wav")
     assert code == 0, err
-    assert read((tmp_path / "threes.wav").read_bytes()) == (1, 2, 8000, 3 * CLIP + 2 * 2000)
+    assert wav_header((tmp_path / "threes.wav").read_bytes()) == (1, 2, 8000, 3 * CLIP + 2 * 2000)
     code, _, err = run_cli("sample", run, "--n", "3", "--out", tmp_path / "x.zip")
     assert code == 0, err
     with zipfile.ZipFile(tmp_path / "x.zip") as z:
@@ -259,7 +247,7 @@ def test_served_at_the_audio_route(run) -> None:
                                  {"model": run.name, "n": 2, "seed": 3, "label": [1, 2]})
         assert status == 200, body
         wavs = [base64.b64decode(d["b64_wav"]) for d in body["data"]]
-        assert [read(w) for w in wavs] == [(1, 2, 8000, CLIP)] * 2
+        assert [wav_header(w) for w in wavs] == [(1, 2, 8000, CLIP)] * 2
         assert wavs == genlab.generate(run, n=2, seed=3, label=[1, 2]).wav_files()
         status, err = live.json("POST", "/v1/images/generations", {"model": run.name})
         assert status == 422 and "/v1/audio/generations" in err["error"]["message"]

@@ -326,6 +326,34 @@ def forward_in_passes(forward: Callable[..., torch.Tensor], rows: int,
     return torch.cat(out)
 
 
+def generator_calls(calls: Sequence[SampleCall],
+                    draw: Callable[[SampleCall], tuple[nn.Module, torch.Tensor,
+                                                       torch.Tensor | None]],
+                    rows: int) -> list[torch.Tensor]:
+    """A GAN generator's outputs for several calls at once: `draw(call)` gives the network (the
+    EMA or the raw generator), the noise and the labels of one call, drawn from the call's own
+    generator; each network then runs over all its calls' rows together, in eval mode and in
+    passes of `rows` (`forward_in_passes`), so a call's samples do not depend on its neighbours."""
+    nets, latents, labels = [], [], []
+    for call in calls:
+        net, z, y = draw(call)
+        nets.append(net)
+        latents.append(z)
+        labels.append(y)
+    out: list[torch.Tensor | None] = [None] * len(calls)
+    for net in dict.fromkeys(nets):  # the EMA and the raw generator, each over its calls
+        mine = [i for i, other in enumerate(nets) if other is net]
+        z = torch.cat([latents[i] for i in mine])
+        y = None if labels[mine[0]] is None else torch.cat([labels[i] for i in mine])
+        was_training = net.training
+        net.eval()
+        rows_out = forward_in_passes(lambda z, y, net=net: net(z, y).float(), rows, z, y)
+        net.train(was_training)
+        for i, part in zip(mine, rows_out.split([calls[i].n for i in mine])):
+            out[i] = part
+    return out  # type: ignore[return-value]
+
+
 def class_labels(n: int, labels: torch.Tensor | int | None, num_classes: int,
                  generator: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
     """The `n` class indices a conditional model samples: `labels` (one index or `n` of them),

@@ -27,7 +27,7 @@ from genlab.models.base import (
     GenerativeModel,
     SampleCall,
     class_labels,
-    forward_in_passes,
+    generator_calls,
     image_config_for_data,
     images_to_unit,
     make_optimizer,
@@ -264,32 +264,22 @@ class GAN(GenerativeModel, Discriminator):
         noise come from its own generator, drawn exactly as `sample` draws them, and the
         generator runs over all calls' rows together in passes of `sample_pass_rows`."""
         device = self.device
-        nets, latents, labels = [], [], []
-        for call in calls:
+
+        def draw(call: SampleCall) -> tuple[nn.Module, Tensor, Tensor | None]:
             options = dict(call.options)
             use_ema, chunk = options.pop("use_ema", None), options.pop("batch_size", 500)
             y = self._sample_labels(call.n, options.pop("labels", None), call.generator, device)
             if options:
                 raise TypeError(f"sample() got unexpected keyword arguments {sorted(options)}")
             ema = self.config.sample_ema if use_ema is None else use_ema
-            nets.append(self.generator_ema if ema and self.generator_ema else self.generator)
-            latents.append(torch.cat([self._noise(min(chunk, call.n - start), call.generator,
-                                                  device) for start in range(0, call.n, chunk)]))
-            labels.append(y)
-        out: list[Tensor | None] = [None] * len(calls)
-        for net in dict.fromkeys(nets):  # the EMA and the raw generator, each over its calls
-            mine = [i for i, other in enumerate(nets) if other is net]
-            z = torch.cat([latents[i] for i in mine])
-            y = torch.cat([labels[i] for i in mine]) if self.config.num_classes else None
-            was_training = net.training
-            net.eval()
-            images = forward_in_passes(lambda z, y, net=net: net(z, y).float(),
-                                       self.sample_pass_rows, z, y)
-            net.train(was_training)
-            images = images.add_(1.0).mul_(0.5).clamp_(0.0, 1.0).contiguous()
-            for i, part in zip(mine, images.split([calls[i].n for i in mine])):
-                out[i] = part
-        return out
+            net = self.generator_ema if ema and self.generator_ema else self.generator
+            z = torch.cat([self._noise(min(chunk, call.n - start), call.generator, device)
+                           for start in range(0, call.n, chunk)])
+            return net, z, y
+
+        # contiguous: channels_last networks give NHWC-strided images, which `.view` rejects
+        return [x.add_(1.0).mul_(0.5).clamp_(0.0, 1.0).contiguous()
+                for x in generator_calls(calls, draw, self.sample_pass_rows)]
 
     @torch.no_grad()
     def discriminator_score(self, images: Tensor, labels: Tensor | None = None,

@@ -32,7 +32,7 @@ from genlab.models.base import (
     GenerativeModel,
     SampleCall,
     class_labels,
-    forward_in_passes,
+    generator_calls,
     make_optimizer,
 )
 from genlab.models.gan import _generator_class_embedding
@@ -361,31 +361,18 @@ class WaveGAN(GenerativeModel):
         generator (labels first, then the noise in chunks of `batch_size`, as the image GANs
         draw them), and the network runs over all rows in passes of `sample_pass_rows`, so a
         call's clips do not depend on the calls beside it."""
-        nets, latents, labels = [], [], []
-        for call in calls:
+        def draw(call: SampleCall) -> tuple[nn.Module, Tensor, Tensor | None]:
             options = dict(call.options)
             use_ema, chunk = options.pop("use_ema", None), options.pop("batch_size", 500)
             y = class_labels(call.n, options.pop("labels", None), self.config.num_classes,
                              call.generator, self.device)
             if options:
                 raise TypeError(f"sample() got unexpected keyword arguments {sorted(options)}")
-            nets.append(self._sampler(use_ema))
-            latents.append(torch.cat([self._noise(min(chunk, call.n - start), call.generator)
-                                      for start in range(0, call.n, chunk)]))
-            labels.append(y)
-        out: list[Tensor | None] = [None] * len(calls)
-        for net in dict.fromkeys(nets):  # the EMA and the raw generator, each over its calls
-            mine = [i for i, other in enumerate(nets) if other is net]
-            z = torch.cat([latents[i] for i in mine])
-            y = torch.cat([labels[i] for i in mine]) if self.config.num_classes else None
-            was_training = net.training
-            net.eval()
-            waves = forward_in_passes(lambda z, y, net=net: net(z, y).float(),
-                                      self.sample_pass_rows, z, y)
-            net.train(was_training)
-            for i, part in zip(mine, waves.clamp_(-1.0, 1.0).split([calls[i].n for i in mine])):
-                out[i] = part
-        return out
+            z = torch.cat([self._noise(min(chunk, call.n - start), call.generator)
+                           for start in range(0, call.n, chunk)])
+            return self._sampler(use_ema), z, y
+
+        return [x.clamp_(-1.0, 1.0) for x in generator_calls(calls, draw, self.sample_pass_rows)]
 
 
 def _clip(module: nn.Module, max_norm: float) -> None:

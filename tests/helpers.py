@@ -1,8 +1,11 @@
-"""Helpers shared by the diffusion tests: a tiny U-Net on the 8x8 digits, in memory or as an IDX
-data set (`--data idx:DIR`), where a training grid of 64 images x 50 DDIM steps is cheap."""
+"""Plain helpers shared by several test files (fixtures live in conftest.py): a tiny diffusion
+U-Net on the 8x8 digits, in memory or as an IDX data set (`--data idx:DIR`, where a training grid
+of 64 images x 50 DDIM steps is cheap), and the header of a WAV file."""
 
 from __future__ import annotations
 
+import io
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +50,9 @@ def write_digits(folder: Path, *, labels: bool = True) -> str:
         write_idx(folder / f"{split}-images-idx3-ubyte", images[part])
         write_idx(folder / f"{split}-labels-idx1-ubyte", targets[part])
     return f"idx:{folder}"
+
+
+def wav_header(data: bytes) -> tuple[int, int, int, int]:
+    """(channels, bytes per sample, rate, frames) of WAV bytes."""
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
