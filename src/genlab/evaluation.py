@@ -263,16 +263,19 @@ def native_size(net: FeatureNet, images: torch.Tensor, notes: list[str], log: Lo
 
 # --- genlab eval RUN_DIR --------------------------------------------------------------------------
 
-def sample_images(model: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`n` samples as uint8 CPU images; a conditional model gets balanced labels 0..K-1."""
+def sample_images(model: Any, n: int, seed: int,
+                  convert: Callable[[torch.Tensor], torch.Tensor] = to_uint8
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`n` samples as uint8 CPU images (or as `convert` makes each chunk of `model.sample`'s
+    output); a conditional model gets balanced labels 0..K-1."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     k = model.num_classes
     labels = torch.arange(n, device=model.device) % k if k else None
     chunks = []
     for start in range(0, n, SAMPLE_BATCH):
         kw = {"labels": labels[start:start + SAMPLE_BATCH]} if labels is not None else {}
-        chunks.append(to_uint8(model.sample(min(SAMPLE_BATCH, n - start), generator=generator,
-                                            **kw)))
+        chunks.append(convert(model.sample(min(SAMPLE_BATCH, n - start), generator=generator,
+                                           **kw)))
     return torch.cat(chunks), labels.cpu() if labels is not None else None
 
 

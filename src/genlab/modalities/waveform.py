@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
+from genlab import evaluation
 from genlab.audio import DEFAULT as SPECTROGRAM
 from genlab.audio import clips_to_waveforms, normalize
 from genlab.config import TrainConfig
 from genlab.data import load_audio
 from genlab.data.subset import per_class_indices, subset_sha256
 from genlab.errors import UserError
-from genlab.evaluation import SAMPLE_BATCH
 from genlab.generation import GenerationRequest
 from genlab.modalities.audio import AudioModality, AudioSamples
 from genlab.modalities.base import Prepared
@@ -120,15 +120,7 @@ class WaveformModality(AudioModality):
     def sample_waves(self, model: GenerativeModel, n: int,
                      seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`n` clips and their labels, drawn as `evaluation.sample_images` draws images."""
-        generator = torch.Generator(device=model.device).manual_seed(seed)
-        k = model.num_classes
-        labels = torch.arange(n, device=model.device) % k if k else None
-        chunks = []
-        for start in range(0, n, SAMPLE_BATCH):
-            kw = {"labels": labels[start:start + SAMPLE_BATCH]} if labels is not None else {}
-            chunks.append(self._clips(model.sample(min(SAMPLE_BATCH, n - start),
-                                                   generator=generator, **kw)))
-        return torch.cat(chunks), labels.cpu() if labels is not None else None
+        return evaluation.sample_images(model, n, seed, convert=self._clips)
 
     @staticmethod
     def _clips(waves: torch.Tensor) -> torch.Tensor:

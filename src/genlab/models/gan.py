@@ -103,6 +103,22 @@ def _generator_class_embedding(num_classes: int, nz: int) -> nn.Embedding:
     return embed
 
 
+def check_adversarial_train(train: TrainConfig) -> None:
+    """The train settings every GAN family needs (image or waveform)."""
+    if train.grad_accum != 1:
+        raise UserError("GANs update two networks in turn; train.grad_accum must be 1")
+    if train.batch_size < 2:
+        raise UserError("the generator's batch norm needs 2 or more examples per batch; use "
+                        "--batch-size 2 or more")
+
+
+def optimizer_pair(generator: nn.Module, discriminator: nn.Module,
+                   train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per network of a GAN, both from the train config."""
+    return {"generator": make_optimizer(generator.parameters(), train),
+            "discriminator": make_optimizer(discriminator.parameters(), train)}
+
+
 class GAN(GenerativeModel, Discriminator):
     """Shared adversarial training; subclasses build `generator` and `discriminator`."""
 
@@ -130,15 +146,10 @@ class GAN(GenerativeModel, Discriminator):
 
     @classmethod
     def validate_train_config(cls, config: Any, train: TrainConfig) -> None:
-        if train.grad_accum != 1:
-            raise UserError("GANs update two networks in turn; train.grad_accum must be 1")
-        if train.batch_size < 2:
-            raise UserError("the generator's batch norm needs 2 or more examples per batch; use "
-                            "--batch-size 2 or more")
+        check_adversarial_train(train)
 
     def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-        return {"generator": make_optimizer(self.generator.parameters(), train),
-                "discriminator": make_optimizer(self.discriminator.parameters(), train)}
+        return optimizer_pair(self.generator, self.discriminator, train)
 
     # --- losses ------------------------------------------------------------------------------------
 

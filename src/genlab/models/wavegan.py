@@ -33,9 +33,12 @@ from genlab.models.base import (
     SampleCall,
     class_labels,
     generator_calls,
-    make_optimizer,
 )
-from genlab.models.gan import _generator_class_embedding
+from genlab.models.gan import (
+    _generator_class_embedding,
+    check_adversarial_train,
+    optimizer_pair,
+)
 from genlab.models.gan_losses import LOSSES, gradient_penalty
 from genlab.models.layers import ema_update
 
@@ -254,18 +257,13 @@ class WaveGAN(GenerativeModel):
 
     @classmethod
     def validate_train_config(cls, config: Any, train: TrainConfig) -> None:
-        if train.grad_accum != 1:
-            raise UserError("GANs update two networks in turn; train.grad_accum must be 1")
-        if train.batch_size < 2:
-            raise UserError("the generator's batch norm needs 2 or more examples per batch; use "
-                            "--batch-size 2 or more")
+        check_adversarial_train(train)
         if train.dp:
             raise UserError("--dp is for the image GANs (genlab.privacy_dp); wavegan does not "
                             "train privately")
 
     def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-        return {"generator": make_optimizer(self.generator.parameters(), train),
-                "discriminator": make_optimizer(self.discriminator.parameters(), train)}
+        return optimizer_pair(self.generator, self.discriminator, train)
 
     # --- training ----------------------------------------------------------------------------------
 
