@@ -310,3 +310,89 @@ def test_without_dp_the_embedding_is_the_exact_mean() -> None:
     torch.testing.assert_close(model.embedding, (m / 32).float())
     per_class = model.embedding.norm(dim=0)
     assert (per_class > 0).all() and (per_class <= 0.25 + 1e-6).all()  # 8 of 32 per class
+
+
+# --- features of a fixed network (model.perceptual) ---------------------------------------------
+
+@pytest.mark.parametrize("net", ["random", "mnist"])
+def test_network_features_keep_each_examples_norm_at_most_one(net: str) -> None:
+    """phi(x) = [sqrt(1 - w) phi_rff, sqrt(w) psi]: norm 1 for any image, so one example still
+    moves M by exactly 1 and the release's noise and accounting stay right."""
+    images, labels = _tiny_data(12)
+    model = _model(num_classes=4, features=500, perceptual=net, perceptual_weight=0.7)
+    x = torch.cat([torch.rand(6, 1, 28, 28), torch.zeros(1, 1, 28, 28), torch.ones(1, 1, 28, 28)])
+    phi = model.features(x)
+    assert phi.shape == (8, model.feature_dim) and model.feature_dim > 500
+    assert float(phi.norm(dim=1).max()) <= 1.0 + 1e-6
+    # the network's share of the squared norm is w
+    share = phi[:, 500:].pow(2).sum(1) / phi.pow(2).sum(1)
+    torch.testing.assert_close(share[:6], torch.full((6,), 0.7), rtol=0, atol=1e-5)
+    full = model.data_statistic(images, labels)
+    assert full.shape == (model.feature_dim, 4)
+    keep = torch.arange(12) != 3
+    without = model.data_statistic(images[keep], labels[keep])
+    assert float((full - without).norm()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_network_is_fixed_and_sees_no_batch() -> None:
+    """The net stays in eval mode when the model trains (one example's features never depend on
+    the others in its batch), is not in the optimizer, and a generator step leaves it unchanged."""
+    model = _model(num_classes=4, features=200, perceptual="random")
+    model.train()
+    assert not model.perceptual.training
+    before = {k: v.clone() for k, v in model.perceptual.state_dict().items()}
+    x = torch.rand(6, 1, 28, 28)
+    alone = model.features(x[:1])
+    torch.testing.assert_close(model.features(x)[:1], alone, rtol=1e-5, atol=1e-6)
+    opt = torch.optim.Adam(model.generator.parameters(), lr=1e-2)
+    model.train_step({}, {"generator": opt})
+    after = model.perceptual.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in model.perceptual.parameters())
+    # the generator did get a gradient through the network's part of the loss
+    w = model.generator.convs[-1].weight
+    g = torch.autograd.grad(model.mmd_loss(8), w)[0]
+    assert float(g.abs().sum()) > 0
+
+
+def test_a_net_trained_on_the_private_data_is_refused() -> None:
+    """The shipped fashion-mnist net was trained on Fashion-MNIST's training split: matching its
+    features would carry those images past the guarantee, so a run on that data refuses it; the
+    mnist net (trained on MNIST's test split) is public there. Unknown names and wrong shapes
+    get one line each."""
+    from types import SimpleNamespace
+
+    from genlab.errors import UserError
+
+    data = SimpleNamespace(name="fashion-mnist", images=torch.zeros(2, 1, 28, 28),
+                           num_classes=10)
+    with pytest.raises(UserError, match="training split"):
+        MERF.config_for_data(MERFConfig(perceptual="fashion-mnist"), data, conditional=True)
+    ok = MERF.config_for_data(MERFConfig(perceptual="mnist"), data, conditional=True)
+    assert ok.perceptual == "mnist" and ok.num_classes == 10
+    with pytest.raises(UserError, match=r"model\.perceptual must be one of"):
+        MERFConfig(perceptual="vgg").validate(partial=True)
+    with pytest.raises(UserError, match="perceptual_weight"):
+        MERFConfig(perceptual_weight=1.0).validate(partial=True)
+    with pytest.raises(UserError, match=r"model\.perceptual=random"):
+        MERF(MERFConfig(channels=3, image_size=28, perceptual="mnist", features=20))
+
+
+def test_network_features_train_and_resume_exactly(run_cli, idx_spec, tmp_path: Path) -> None:
+    """With a random network: 5 + 5 steps give the weights and release of 10 (the network's
+    weights come back from the checkpoint), and the run samples."""
+    net = ("--set", "model.perceptual=random", "--dp", "--set", "train.dp_epsilon=10",
+           "--set", "train.dp_delta=1e-4")
+    code, _, err = _train(run_cli, tmp_path / "whole", idx_spec, 10, *net)
+    assert code == 0, err
+    code, _, err = _train(run_cli, tmp_path / "split", idx_spec, 5, *net)
+    assert code == 0, err
+    code, _, err = run_cli("train", "--resume", tmp_path / "split", "--steps", 10)
+    assert code == 0, err
+    whole = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "checkpoint" / "model.safetensors")
+    assert any(k.startswith("perceptual.") for k in whole)
+    assert set(whole) == set(split) and all(torch.equal(whole[k], split[k]) for k in whole)
+    code, _, err = run_cli("sample", tmp_path / "whole", "--n", 4, "--out",
+                           tmp_path / "s.png")
+    assert code == 0, err

@@ -30,6 +30,15 @@ for balanced data.
 
 The frequencies W are drawn from the run's seed (torch's RNG when the model is built, before any
 data is read; they are public) and saved, with mu, as buffers in the checkpoint.
+
+`model.perceptual` adds the features of a fixed conv network next to the pixel kernel's (after
+DP-MEPF, Harder, Jiang, Park, Sutherland & Schoelkopf, TMLR 2023, which matches the features of
+a network trained on public data): phi(x) = [sqrt(1 - w) phi_rff(x), sqrt(w) psi(x)], where psi
+concatenates the L2-normalised output of each of the net's blocks, divided by sqrt(blocks), so
+||psi(x)|| <= 1 and ||phi(x)|| <= 1 still: the release, its sensitivity and its accounting are
+unchanged. The net is either `random` (seeded from the run's seed, no data at all) or a shipped
+feature net trained on data that is public for this run (`mnist`, trained on the MNIST test
+split, for Fashion-MNIST); a net trained on the run's own data is refused.
 """
 
 from __future__ import annotations
@@ -71,6 +80,10 @@ class MERFConfig:
     # heuristic there would leak): sqrt(127) = 11.27, the published default of the DP-MERF code
     # for Fashion-MNIST (its `rff_sigma` 127 is the variance, omega ~ N(0, I / 127))
     bandwidth: float = 11.27
+    # a fixed network whose block outputs are matched too: "" (none), "random" (an untrained net
+    # seeded by the run: no data) or a shipped feature net trained on PUBLIC data ("mnist")
+    perceptual: str = ""
+    perceptual_weight: float = 0.5  # w: the network's share of each example's unit norm
 
     def validate(self, *, partial: bool = False) -> None:
         """Every rule; `partial`: only those that need no data."""
@@ -87,6 +100,16 @@ class MERFConfig:
                             f"each a cosine and a sine), got {self.features}")
         if self.bandwidth <= 0:
             raise UserError(f"model.bandwidth must be > 0, got {self.bandwidth}")
+        if not 0.0 < self.perceptual_weight < 1.0:
+            raise UserError(f"model.perceptual_weight must be in (0, 1): the network's share of "
+                            f"each example's unit norm, got {self.perceptual_weight}")
+        if self.perceptual:
+            from genlab.featurenet import shipped_names
+
+            choices = ["random", *shipped_names()]
+            if self.perceptual not in choices:
+                raise UserError(f"model.perceptual must be one of {', '.join(choices)} (or empty "
+                                f"for none), got {self.perceptual!r}")
         check_at_most(self, "model", {
             "channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIDE, "num_classes": MAX_CLASSES,
             "nz": MAX_WIDTH, "hidden": MAX_WIDTH, "ngf": MAX_WIDTH, "features": MAX_FEATURES,
@@ -98,6 +121,52 @@ def random_features(x: Tensor, omega: Tensor) -> Tensor:
     sqrt(2 / D) [cos(x omega), sin(x omega)], of L2 norm exactly 1 per row."""
     proj = x @ omega
     return torch.cat([proj.cos(), proj.sin()], 1) * math.sqrt(1.0 / omega.shape[1])
+
+
+class PerceptualFeatures(nn.Module):
+    """psi(x) for images in [0, 1]: each block's output of a fixed `FeatureNet` body (the three
+    conv blocks, then the dense layer), flattened and L2-normalised, concatenated and divided by
+    sqrt(blocks): ||psi(x)|| <= 1 (= 1 unless a block's output is all zero). Always in eval mode
+    (its batch norms use their stored statistics, so one example's features never depend on the
+    others') and never trained."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.body = net.body
+        self.body.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> PerceptualFeatures:
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts, h = [], x.contiguous(memory_format=torch.channels_last)
+        for layer in self.body:
+            h = layer(h)
+            if isinstance(layer, nn.MaxPool2d):
+                parts.append(F.normalize(h.flatten(1), dim=1))
+        parts.append(F.normalize(h, dim=1))  # the dense layer: the net's features
+        return torch.cat(parts, 1) * (1.0 / math.sqrt(len(parts)))
+
+
+def perceptual_net(config: MERFConfig) -> PerceptualFeatures:
+    """The fixed network `config.perceptual` names: a shipped one (its SHA-256 checked), or a
+    `random` one drawn from torch's RNG now (the run's seed)."""
+    from genlab.classifier import FeatureNet, FeatureNetConfig
+    from genlab.featurenet import load_feature_net
+
+    if config.perceptual == "random":
+        net = FeatureNet(FeatureNetConfig(channels=config.channels,
+                                          image_size=config.image_size))
+    else:
+        net = load_feature_net(config.perceptual)
+        c, s = net.config.channels, net.config.image_size
+        if (c, s) != (config.channels, config.image_size):
+            raise UserError(f"model.perceptual={config.perceptual}: that net takes {c} x {s} x "
+                            f"{s} images, the model makes {config.channels} x "
+                            f"{config.image_size} x {config.image_size}; use "
+                            "model.perceptual=random")
+    return PerceptualFeatures(net.float())
 
 
 class MERFGenerator(nn.Module):
@@ -151,16 +220,43 @@ class MERF(GenerativeModel, FitsData):
         d = config.channels * config.image_size ** 2
         # the frequencies: from the run's seed (torch's RNG as the model is built), no data
         self.register_buffer("omega", torch.randn(d, config.features // 2) / config.bandwidth)
+        # drawn after omega, so a run without it keeps the same frequencies
+        self.perceptual = perceptual_net(config) if config.perceptual else None
         # mu = M / n, the released embedding; zeros until `fit_data`
-        self.register_buffer("embedding", torch.zeros(config.features, self.columns))
+        self.register_buffer("embedding", torch.zeros(self.feature_dim, self.columns))
         self.register_buffer("fitted_n", torch.zeros((), dtype=torch.long))
 
     @property
     def columns(self) -> int:
         return self.config.num_classes or 1
 
+    @property
+    def feature_dim(self) -> int:
+        """Rows of the embedding: D random features, plus the network's block outputs."""
+        extra = 0
+        if self.perceptual is not None:
+            side = self.config.image_size
+            for layer in self.perceptual.body:
+                if isinstance(layer, nn.Conv2d):
+                    width = layer.out_channels
+                elif isinstance(layer, nn.MaxPool2d):
+                    side //= 2
+                    extra += width * side * side
+                elif isinstance(layer, nn.Linear):
+                    extra += layer.out_features
+        return self.config.features + extra
+
     @classmethod
     def config_for_data(cls, config: Any, data: Any, *, conditional: bool) -> Any:
+        if config.perceptual and config.perceptual != "random":
+            from genlab.featurenet import load_feature_net
+
+            seen = load_feature_net(config.perceptual).meta.get("train_data", {})
+            if seen.get("dataset") == data.name and seen.get("split") == "train":
+                raise UserError(f"model.perceptual={config.perceptual}: that net was trained on "
+                                f"{data.name}'s training split, the data this run keeps private; "
+                                "its features would carry those images outside the guarantee. "
+                                "Use a net trained on public data, or model.perceptual=random")
         return image_config_for_data(cls.name, config, data, conditional=conditional)
 
     @classmethod
@@ -182,16 +278,22 @@ class MERF(GenerativeModel, FitsData):
     # --- the one pass over the data ---------------------------------------------------------------
 
     def features(self, x: Tensor) -> Tensor:
-        """phi of images in [0, 1] `(N, C, H, W)` -> `(N, D)`."""
-        return random_features(x.flatten(1).float(), self.omega)
+        """phi of images in [0, 1] `(N, C, H, W)` -> `(N, feature_dim)`, of norm at most 1."""
+        phi = random_features(x.flatten(1).float(), self.omega)
+        if self.perceptual is None:
+            return phi
+        w = self.config.perceptual_weight
+        return torch.cat([phi * math.sqrt(1.0 - w),
+                          self.perceptual(x.float()) * math.sqrt(w)], 1)
 
     @torch.no_grad()
     def data_statistic(self, images: Tensor, labels: Tensor | None = None,
                        chunk: int = 2000) -> Tensor:
-        """M = sum_i phi(x_i) e_{y_i}^T `(D, C)`, float64 sums over chunks; sensitivity 1."""
+        """M = sum_i phi(x_i) e_{y_i}^T `(feature_dim, C)`, float64 sums over chunks;
+        sensitivity 1."""
         if self.config.num_classes and labels is None:
             raise UserError("a conditional merf needs the data's labels")
-        out = torch.zeros(self.config.features, self.columns, dtype=torch.float64,
+        out = torch.zeros(self.feature_dim, self.columns, dtype=torch.float64,
                           device=self.omega.device)
         for start in range(0, images.shape[0], chunk):
             x = images_to_unit(images[start:start + chunk].to(self.omega.device))
