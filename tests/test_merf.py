@@ -396,3 +396,15 @@ def test_network_features_train_and_resume_exactly(run_cli, idx_spec, tmp_path: 
     code, _, err = run_cli("sample", tmp_path / "whole", "--n", 4, "--out",
                            tmp_path / "s.png")
     assert code == 0, err
+
+
+def test_the_features_preset_trains_with_the_public_mnist_net(run_cli, idx_spec,
+                                                             tmp_path: Path) -> None:
+    """`--preset merf-features` names the shipped mnist net; it loads (SHA-256 pinned) and a
+    private run trains and records it in the run's config."""
+    code, _, err = _train(run_cli, tmp_path / "r", idx_spec, 2, "--preset", "merf-features",
+                          "--dp", "--set", "train.dp_epsilon=10", "--set", "train.dp_delta=1e-4")
+    assert code == 0, err
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert record["preset"] == "merf-features"
+    assert record["model_config"]["perceptual"] == "mnist", record["model_config"]
