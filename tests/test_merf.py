@@ -364,7 +364,7 @@ def test_a_net_trained_on_the_private_data_is_refused() -> None:
 
     from genlab.errors import UserError
 
-    data = SimpleNamespace(name="fashion-mnist", images=torch.zeros(2, 1, 28, 28),
+    data = SimpleNamespace(name="fashion-mnist", split="train", images=torch.zeros(2, 1, 28, 28),
                            num_classes=10)
     with pytest.raises(UserError, match="training split"):
         MERF.config_for_data(MERFConfig(perceptual="fashion-mnist"), data, conditional=True)

@@ -130,11 +130,20 @@ class PerceptualFeatures(nn.Module):
     (its batch norms use their stored statistics, so one example's features never depend on the
     others') and never trained."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, side: int) -> None:
         super().__init__()
         self.body = net.body
         self.body.requires_grad_(False)
         super().train(False)
+        self.dim = 0  # length of psi on `side` x `side` images: the blocks', then the dense layer's
+        for layer in self.body:
+            if isinstance(layer, nn.Conv2d):
+                width = layer.out_channels
+            elif isinstance(layer, nn.MaxPool2d):
+                side //= 2
+                self.dim += width * side * side
+            elif isinstance(layer, nn.Linear):
+                self.dim += layer.out_features
 
     def train(self, mode: bool = True) -> PerceptualFeatures:
         return super().train(False)
@@ -166,7 +175,7 @@ def perceptual_net(config: MERFConfig) -> PerceptualFeatures:
                             f"{s} images, the model makes {config.channels} x "
                             f"{config.image_size} x {config.image_size}; use "
                             "model.perceptual=random")
-    return PerceptualFeatures(net.float())
+    return PerceptualFeatures(net.float(), config.image_size)
 
 
 class MERFGenerator(nn.Module):
@@ -233,26 +242,17 @@ class MERF(GenerativeModel, FitsData):
     @property
     def feature_dim(self) -> int:
         """Rows of the embedding: D random features, plus the network's block outputs."""
-        extra = 0
-        if self.perceptual is not None:
-            side = self.config.image_size
-            for layer in self.perceptual.body:
-                if isinstance(layer, nn.Conv2d):
-                    width = layer.out_channels
-                elif isinstance(layer, nn.MaxPool2d):
-                    side //= 2
-                    extra += width * side * side
-                elif isinstance(layer, nn.Linear):
-                    extra += layer.out_features
-        return self.config.features + extra
+        return self.config.features + (self.perceptual.dim if self.perceptual is not None else 0)
 
     @classmethod
     def config_for_data(cls, config: Any, data: Any, *, conditional: bool) -> Any:
         if config.perceptual and config.perceptual != "random":
-            from genlab.featurenet import load_feature_net
+            from genlab.featurenet import load_feature_net, overlaps
 
-            seen = load_feature_net(config.perceptual).meta.get("train_data", {})
-            if seen.get("dataset") == data.name and seen.get("split") == "train":
+            seen = load_feature_net(config.perceptual).meta["train_data"]
+            # any part of the split (a --set train.per_class subset spans all of it)
+            run_data = {"dataset": data.name, "split": data.split, "start": 0, "stop": math.inf}
+            if overlaps(run_data, seen):
                 raise UserError(f"model.perceptual={config.perceptual}: that net was trained on "
                                 f"{data.name}'s training split, the data this run keeps private; "
                                 "its features would carry those images outside the guarantee. "
