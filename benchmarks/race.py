@@ -9,7 +9,7 @@ training process's own CPU time (read from /proc/PID/stat), so a model that shar
 other programs gets the same compute as one on an idle core: with one thread, CPU time equals the
 wall time it would take on a core of its own. When the budget of a point is spent the process gets
 SIGTERM, which makes `genlab train` save a checkpoint and stop; the run is then sampled
-(`genlab sample`, DDIM with `--sample-steps` for diffusion) and scored (`genlab eval --fake`) with
+(`genlab sample`, the default sampler with `--sample-steps` for diffusion) and scored (`genlab eval --fake`) with
 `--n` images, and training goes on with `genlab train --resume` (exact resume: the segments train
 the same weights as one unbroken run). Sampling and scoring do not count against the budget. The
 last point is scored again with `--final-n` images (not diffusion: too slow on a CPU), under the
@@ -75,13 +75,13 @@ def last_step(log: Path) -> int:
 
 def score(run: Path, family: str, args: argparse.Namespace, n: int, tag: str) -> dict:
     fake = run.parent / f"{run.name}-{tag}.npz"
-    sampler = (["--sampler", "ddim", "--sample-steps", str(args.sample_steps)]
-               if family == "diffusion" else [])
+    # the family's default sampler: DDIM for eps / v, Euler for flow
+    sampler = ["--sample-steps", str(args.sample_steps)] if family == "diffusion" else []
     env = child_env({"OMP_NUM_THREADS": "1"}, clear_threads=True)
     t0 = time.perf_counter()
     genlab(["sample", str(run), "--n", str(n), "--seed", "0", "--out", str(fake), *sampler], env)
     sample_s = time.perf_counter() - t0
-    out = genlab(["eval", "--fake", str(fake), "--real", "fashion-mnist", "--n", str(n),
+    out = genlab(["eval", "--fake", str(fake), "--real", args.real, "--n", str(n),
                   "--json"], env)
     fake.unlink()
     report = json.loads(out.stdout)
@@ -92,7 +92,8 @@ def race(family: str, args: argparse.Namespace) -> list[dict]:
     run = args.out / family
     env = child_env({"OMP_NUM_THREADS": "1"}, clear_threads=True)
     first = [sys.executable, *GENLAB, "train", family, "--data", "fashion-mnist", "--steps", STEPS,
-             "--seed", "0", "--out", str(run), "--set", "train.sample_every=0"]
+             "--seed", "0", "--out", str(run), "--set", "train.sample_every=0",
+             *[a for kv in args.set for a in ("--set", kv)]]
     again = [sys.executable, *GENLAB, "train", "--resume", str(run), "--steps", STEPS]
     rows, cpu, wall = [], 0.0, 0.0
     for k, minutes in enumerate(args.minutes):
@@ -141,8 +142,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="samples per scored point")
     parser.add_argument("--final-n", type=int, default=10000,
                         help="samples at the last point (not for diffusion: too slow on a CPU)")
-    parser.add_argument("--sample-steps", type=int, default=10, help="DDIM steps for diffusion")
+    parser.add_argument("--sample-steps", type=int, default=10, help="sampling steps for diffusion")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to every family's `genlab train` (e.g. to try a setting)")
+    parser.add_argument("--real", default="fashion-mnist",
+                        help="images to score against; fashion-mnist:train when choosing a "
+                             "setting, so the test split is not used to choose")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if sorted(args.minutes) != args.minutes:
