@@ -299,6 +299,27 @@ def test_cli_sample_with_a_wrong_sampler_is_one_line(train_tiny, run_cli, digits
     assert code == 0 and (tmp_path / "x.png").stat().st_size > 0, err
 
 
+def test_cli_sample_precision(train_tiny, run_cli, digits_spec: str, tmp_path: Path) -> None:
+    """fp32 is the default (the same bytes as before); bf16 autocast draws other bits from the
+    same seed, close to fp32's; each precision is reproducible."""
+    run = train_tiny(tmp_path / "run", "diffusion", steps=2, overrides=TINY, data=digits_spec)
+
+    def draw(name: str, *precision: str) -> np.ndarray:
+        out = tmp_path / f"{name}.npz"
+        code, _, err = run_cli("sample", run, "--n", "8", "--sample-steps", "5", *precision,
+                               "--out", out)
+        assert code == 0, err
+        return np.load(out)["images"].astype(np.int16)
+
+    default, fp32 = draw("default"), draw("fp32", "--precision", "fp32")
+    bf16, bf16_again = draw("bf16", "--precision", "bf16"), draw("bf16b", "--precision", "bf16")
+    assert np.array_equal(default, fp32) and np.array_equal(bf16, bf16_again)
+    assert not np.array_equal(fp32, bf16)
+    assert np.abs(fp32 - bf16).mean() < 8  # grey levels out of 255: the same images
+    code, _, err = run_cli("sample", run, "--precision", "fp16", "--out", tmp_path / "x.png")
+    assert code == 2 and "Traceback" not in err
+
+
 # --- exact resume through the real training path (the preset's warm-up and EMA) ----------------
 
 @pytest.mark.parametrize("objective", ["v", "flow"])

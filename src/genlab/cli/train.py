@@ -186,16 +186,27 @@ Examples:
 @click.option("--sample-steps", type=int, help="Sampling steps of a diffusion model.")
 @click.option("--guidance", type=FiniteFloat(), help="Classifier-free guidance weight (conditional "
               "diffusion models) [default: none].")
+@click.option("--precision", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "bf16", "auto"]),
+              help="Forward passes in fp32, or under bf16 autocast (diffusion sampling in "
+              "about 0.6x the CPU time on a CPU with AVX-512 BF16, other bits than fp32); auto = "
+              "bf16 where the device runs it natively.")
 def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int | None,
            which: str, device: str, prompt: str | None, max_new_tokens: int | None,
            temperature: float | None, top_k: int | None, top_p: float | None, no_cache: bool,
-           sampler: str | None, sample_steps: int | None, guidance: float | None) -> None:
+           sampler: str | None, sample_steps: int | None, guidance: float | None,
+           precision: str) -> None:
     """Draw N samples from a trained run (EMA weights for GANs; text streams to stdout)."""
+    from genlab.devices import resolve_precision
     from genlab.generation import GenerationRequest
     from genlab.modalities import get_modality
     from genlab.rundir import load_model
 
     model = load_model(run_dir, which=which, device=device)
+    precision, note = resolve_precision(precision, model.device)
+    if note and note.startswith("warning"):
+        click.echo(f"genlab: {note}", err=True)
+    model.set_precision(precision, model.device.type)
     given = {"sampler": sampler, "sample_steps": sample_steps, "guidance": guidance}
     request = GenerationRequest(n=n, seed=seed, label=label, prompt=prompt,
                                 max_new_tokens=max_new_tokens, temperature=temperature,
