@@ -290,7 +290,8 @@ def test_bad_configs_are_refused(bad: dict) -> None:
 
 def test_cli_sample_with_a_wrong_sampler_is_one_line(train_tiny, run_cli, digits_spec: str,
                                                      tmp_path: Path) -> None:
-    run = train_tiny(tmp_path / "run", "diffusion", steps=2, overrides=TINY, data=digits_spec)
+    run = train_tiny(tmp_path / "run", "diffusion", steps=2, overrides=(*TINY, "model.objective=v"),
+                     data=digits_spec)
     code, _, err = run_cli("sample", run, "--sampler", "heun", "--out", tmp_path / "x.png")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()

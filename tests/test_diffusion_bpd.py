@@ -150,7 +150,8 @@ def test_eval_of_a_flow_run_has_no_bound_and_of_a_v_run_has_one(train_tiny, run_
     # the idx data has no feature net: a flow model has nothing to report there
     code, _, err = run_cli("eval", flow, "--n", "16")
     assert code == 2 and "no feature net" in err and "Traceback" not in err
-    v = train_tiny(tmp_path / "v", "diffusion", steps=2, data=digits_spec, overrides=overrides)
+    v = train_tiny(tmp_path / "v", "diffusion", steps=2, data=digits_spec,
+                   overrides=(*overrides, "model.objective=v"))
     code, out, err = run_cli("eval", v, "--n", "16", "--json")
     assert code == 0, err
     report = json.loads(out)
