@@ -24,48 +24,16 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _genlab import GENLAB, child_env, genlab
+from _genlab import GENLAB, child_env, genlab, train_until
 
 STEPS = "100000000"  # no step limit: the CPU budget ends each segment
-CLOCK = os.sysconf("SC_CLK_TCK")
 LOCK = threading.Lock()
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid`, all its threads; None once it has gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK  # utime, stime (fields 14 and 15)
-
-
-def train_until(cmd: list[str], env: dict[str, str], budget: float, log: Path) -> tuple[float, float]:
-    """Run `cmd` until it has used `budget` CPU seconds, then SIGTERM it; (CPU s, wall s) used."""
-    start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        used = 0.0
-        while proc.poll() is None:
-            now = cpu_seconds(proc.pid)
-            used = now if now is not None else used
-            if used >= budget:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait()
-                break
-            time.sleep(0.5)
-    if proc.returncode not in (0, 143, -signal.SIGTERM):
-        raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}; see {log}")
-    return used, time.perf_counter() - start
 
 
 def last_step(log: Path) -> int:

@@ -157,7 +157,7 @@ Examples:
   genlab sample runs/cgan --n 100 --label 3 --out threes.npz --seed 1
   genlab sample runs/shakespeare --prompt "ROMEO:" --max-new-tokens 500 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1
-  genlab sample runs/diffusion --sampler ddim --sample-steps 50 --out grid.png
+  genlab sample runs/diffusion --sampler heun --sample-steps 25 --out grid.png
 """)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=int, help="Samples to draw [default: 64 images, 1 text].")
