@@ -119,8 +119,17 @@ def main() -> None:
     parser.add_argument("--real", default="fashion-mnist",
                         help="images to score against; fashion-mnist:train when choosing a "
                              "setting, so the test split is not used to choose")
+    parser.add_argument("--plot", nargs="+", type=Path, metavar="JSONL",
+                        help="train nothing: draw OUT/race.png from these race.jsonl files "
+                             "(races run in separate invocations, one figure)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.plot:
+        rows = [json.loads(line) for path in args.plot
+                for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(rows, args.out / "race.png")
+        return
     if sorted(args.minutes) != args.minutes:
         parser.error("--minutes must rise")
     args.out.mkdir(parents=True, exist_ok=True)
