@@ -256,3 +256,35 @@ def test_fake_reads_channels_first_and_channels_last_alike(tmp_path):
     assert torch.equal(first, torch.from_numpy(nchw)) and torch.equal(last, first)
     with pytest.raises(UserError, match="same size"):
         load_fake(_npz(tmp_path / "small.npz", nchw[:, :, :4], labels), real)
+
+
+def test_diffusion_sampling_options_reach_the_generator(tmp_path, run_cli, train_tiny):
+    from genlab.apps.utility import generator_source
+    from genlab.rundir import load_model
+    from helpers import TINY
+
+    run = train_tiny(tmp_path / "cdiff", "diffusion", steps=2, conditional=True,
+                     overrides=(*TINY, "train.per_class=8"))
+    real = load_images(json.loads((run / "run.json").read_text())["data"], "train")
+    model = load_model(run, device="cpu")
+    off, on = ({"sample_steps": 3, "guidance": w} for w in (0.0, 4.0))
+    images = {w: generator_source(model, real, o)(8, 1)[0] for w, o in ((0, off), (4, on))}
+    plain = generator_source(model, real, {"sample_steps": 3})(8, 1)[0]
+    assert torch.equal(images[0], plain) and not torch.equal(images[4], plain)
+    code, out, err = run_cli("utility", run, "--arms", "S", "--seeds", "1", "--steps", "2",
+                             "--sample-steps", "3", "--guidance", "4", "--sampler", "heun",
+                             "--precision", "bf16", "--json")
+    assert code == 0, err
+    sampling = json.loads(out)["provenance"]["generator"]["sampling"]
+    assert sampling == {"sampler": "heun", "sample_steps": 3, "guidance": 4.0, "precision": "bf16"}
+    code, _, err = run_cli("utility", run, "--sampler", "fast", "--out", tmp_path / "none")
+    assert code == 2 and "fast" in err and not (tmp_path / "none" / "utility.json").exists()
+
+
+def test_sampling_flags_are_checked_before_any_training(tmp_path, run_cli, tiny_conditional_run,
+                                                        idx_spec):
+    code, _, err = run_cli("utility", tiny_conditional_run, "--allow-leak", "--guidance", "1")
+    assert code == 2 and "--guidance is not a sampling option of dcgan" in err
+    fake = _npz(tmp_path / "f.npz", np.zeros((4, 16, 16), np.uint8), np.arange(4))
+    code, _, err = run_cli("utility", "--fake", fake, "--data", idx_spec, "--sample-steps", "3")
+    assert code == 2 and "--sample-steps sets how a generator run samples" in err

@@ -139,6 +139,10 @@ class FiniteFloat(click.FloatRange):
 
     name = "finite float"
 
+    def _describe_range(self) -> str:
+        # click writes "[x<=None]" into --help for an unbounded range
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):

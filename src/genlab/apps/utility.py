@@ -82,6 +82,10 @@ class UtilityRequest:
     which: str = "checkpoint"
     device: str = "cpu"
     out: str | None = None  # folder of utility.json / utility.md (default: the run folder)
+    # how the generator samples: the family's `sample_options` (a diffusion model's sampler,
+    # sample_steps, guidance), and fp32 or bf16 autocast ("auto": bf16 where native)
+    sample_options: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
     plan: Plan = field(default_factory=lambda: PLAN)
     command: str | None = None
 
@@ -262,9 +266,10 @@ def fake_source(images: Tensor, labels: Tensor) -> Source:
     return draw
 
 
-def generator_source(model: Any, real: ImageData) -> Source:
+def generator_source(model: Any, real: ImageData, options: dict[str, Any] | None = None) -> Source:
     """Labelled samples of a conditional image model through the generation API, classes
-    0..K-1 in turn, resized to the real images' size."""
+    0..K-1 in turn, resized to the real images' size; `options` are the request's sampling
+    options, checked here by drawing one image, so a wrong one fails before any training."""
     from genlab.generation import GenerationRequest
     from genlab.modalities import generate, get_modality
     from genlab.modalities.image import ImageSamples
@@ -285,10 +290,12 @@ def generator_source(model: Any, real: ImageData) -> Source:
             m = min(GENERATE_CHUNK, n - start)
             wanted = [(start + j) % k for j in range(m)]
             samples = generate(model, GenerationRequest(n=m, seed=derive_seed(seed, i),
-                                                        label=wanted))
+                                                        label=wanted, options=dict(options or {})))
             images.append(resize_images(samples.images, side))
             labels.append(samples.labels.long())
         return torch.cat(images), torch.cat(labels)
+
+    draw(1, 0)
     return draw
 
 
@@ -333,6 +340,7 @@ def recipe(plan: Plan, steps: int) -> dict[str, Any]:
 def run_utility(req: UtilityRequest) -> dict[str, Any]:
     """Train every arm for every classifier seed; return the report (written to `req.out`, or
     the run folder, as utility.json and utility.md)."""
+    from genlab.devices import resolve_precision
     from genlab.rundir import checkpoint_path, load_model, read_run
 
     t0 = time.perf_counter()
@@ -340,6 +348,9 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
         raise UserError("give either a RUN_DIR (a conditional image generator) or --fake FILE.npz")
     if req.generator_seeds and req.fake:
         raise UserError("--generator-seeds takes generator runs; it does not apply to --fake")
+    if req.fake and (req.sample_options or req.precision != "fp32"):
+        raise UserError(f"--{next(iter(req.sample_options), 'precision').replace('_', '-')} "
+                        "sets how a generator run samples; --fake images are already drawn")
     out = req.out or req.run_dir  # a missing run folder is read_run's error, below
     if req.out is not None and not Path(req.out).is_dir():  # now, not after the training
         raise UserError(f"--out {req.out} is not a folder; utility.json goes there")
@@ -392,13 +403,18 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
                                   "leakage": leakage}
     for run, run_record, setup in zip(runs, records, setups, strict=False):
         model = load_model(run, which=req.which, device=req.device)
+        precision, note = resolve_precision(req.precision, model.device)
+        if note and note.startswith("warning"):
+            log.warning(note)
+        model.set_precision(precision, model.device.type)
         manifest = checkpoint_path(run, req.which) / "manifest.json"
         setup["generator"] = {
             "run": str(run), "model": run_record.get("model"), "which": req.which,
             "step": model.checkpoint_step, "subset_sha256": setup["hash"],
             # the manifest lists the SHA-256 of every file of the checkpoint
-            "checkpoint_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
-        setup["source"] = generator_source(model, real)
+            "checkpoint_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+            "sampling": {**req.sample_options, "precision": precision}}
+        setup["source"] = generator_source(model, real, req.sample_options)
     if fake is not None:
         fake_images, fake_labels, digest = fake
         setups[0]["generator"] = {"fake": str(req.fake), "fake_sha256": digest,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from genlab.cli.app import cli, command_line
+from genlab.cli.app import cli, command_line, sampling_options, sampling_request
 from genlab.errors import UserError
 from genlab.limits import SEED, FiniteFloat
 
@@ -182,15 +182,7 @@ Examples:
               help="Sample among the likeliest tokens holding probability p (nucleus).")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context for every token "
               "instead of using the KV cache (slower; for checking).")
-@click.option("--sampler", help="Sampler of a diffusion model (ddim, ddpm, euler, heun).")
-@click.option("--sample-steps", type=int, help="Sampling steps of a diffusion model.")
-@click.option("--guidance", type=FiniteFloat(), help="Classifier-free guidance weight (conditional "
-              "diffusion models) [default: none].")
-@click.option("--precision", default="fp32", show_default=True,
-              type=click.Choice(["fp32", "bf16", "auto"]),
-              help="Forward passes in fp32, or under bf16 autocast (diffusion sampling in "
-              "about 0.6x the CPU time on a CPU with AVX-512 BF16, other bits than fp32); auto = "
-              "bf16 where the device runs it natively.")
+@sampling_options
 def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int | None,
            which: str, device: str, prompt: str | None, max_new_tokens: int | None,
            temperature: float | None, top_k: int | None, top_p: float | None, no_cache: bool,
@@ -207,11 +199,10 @@ def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int |
     if note and note.startswith("warning"):
         click.echo(f"genlab: {note}", err=True)
     model.set_precision(precision, model.device.type)
-    given = {"sampler": sampler, "sample_steps": sample_steps, "guidance": guidance}
     request = GenerationRequest(n=n, seed=seed, label=label, prompt=prompt,
                                 max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, use_cache=not no_cache,
-                                options={k: v for k, v in given.items() if v is not None})
+                                options=sampling_request(sampler, sample_steps, guidance))
     modality = get_modality(model.modality)
     if out is None:
         if modality.stdout_format is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from genlab.cli.app import cli, command_line
+from genlab.cli.app import cli, command_line, sampling_options, sampling_request
 from genlab.errors import UserError
 from genlab.limits import SEED
 
@@ -16,6 +16,7 @@ Examples:
   genlab utility runs/fmnist-cdcgan --data fashion-mnist --real-per-class 100 --seeds 5
   genlab utility runs/fmnist-cdcgan --data fashion-mnist --fast   # one seed, three arms
   genlab utility --fake samples.npz --data fashion-mnist --out reports/
+  genlab utility runs/cdiffusion --sample-steps 10 --guidance 1 --precision auto
 """
 
 
@@ -69,12 +70,14 @@ def _per_class(value: str | None) -> int | None:
 @click.option("--device", default="cpu", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]),
               help="Where the generator samples (the classifiers train on the CPU).")
+@sampling_options
 def utility_command(run_dir: str | None, data: str | None, data_dir: str | None,
                     fake: str | None, real_per_class: str | None, generator_seeds: str | None,
                     seeds: int | None, fast: bool,
                     arms: str | None, steps: int | None, large_n: int | None, seed: int,
                     subset_seed: int | None, allow_leak: bool, as_json: bool, out: str | None,
-                    which: str, device: str) -> None:
+                    which: str, device: str, sampler: str | None, sample_steps: int | None,
+                    guidance: float | None, precision: str) -> None:
     """Does synthetic data help? Train a fixed small CNN on real (R), synthetic (S), mixed and
     control arms, and report mean test accuracy, 95% intervals over seeds and the paired
     difference against R ("helps" only when its interval excludes 0). See docs/utility.md.
@@ -91,7 +94,8 @@ def utility_command(run_dir: str | None, data: str | None, data_dir: str | None,
                          arms=tuple(arms.split(",")) if arms else None, steps=steps,
                          large_n=large_n, seed=seed, subset_seed=subset_seed,
                          allow_leak=allow_leak, which=which, device=device, out=out,
-                         command=command_line())
+                         sample_options=sampling_request(sampler, sample_steps, guidance),
+                         precision=precision, command=command_line())
     report = run_utility(req)
     if as_json:
         click.echo(json.dumps(report))
