@@ -11,6 +11,8 @@ Runs, as a user would, in child processes, for every family and every `--per-cla
     genlab train FAMILY --data fashion-mnist --conditional --set train.per_class=N ...
     genlab utility RUN --json --fast            (or the --utility-args given)
 
+(diffusion with `--diffusion-sampling`, default 25 steps of its default sampler, bf16 where native)
+
 so the generator sees only the real images that arm R gets (`--per-class all`: the whole train
 split; the leakage check verifies it either way). With `--minutes M` every generator trains for M
 minutes of its own CPU time (one thread: the same compute for every family, as in race.py),
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -86,6 +89,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--width", type=int, default=32, help="DCGAN ngf = ndf")
     parser.add_argument("--out", type=Path, help="keep the runs, grid.jsonl and grid.md here")
+    parser.add_argument("--diffusion-sampling", default="--sample-steps 25 --precision auto",
+                        help="genlab utility's sampling flags for diffusion generators only "
+                        "(other families have none)")
     parser.add_argument("--utility-args", nargs=argparse.REMAINDER, default=["--fast"],
                         help="arguments of genlab utility (default --fast); last on the line")
     args = parser.parse_args()
@@ -97,7 +103,8 @@ def main() -> None:
             for family in args.families:
                 run = out / f"c{family}-{per_class}"
                 row = {"family": family, "per_class": per_class, **train(family, per_class, run, args)}
-                utility = ["utility", str(run), "--json", *args.utility_args]
+                sampling = shlex.split(args.diffusion_sampling) if family == "diffusion" else []
+                utility = ["utility", str(run), "--json", *sampling, *args.utility_args]
                 start = time.perf_counter()
                 report = json.loads(genlab(utility).stdout)
                 row.update(utility_command="genlab " + " ".join(utility),

@@ -194,8 +194,9 @@ class PointModality(Modality):
     def evaluate_run(self, run_dir: Path, model: GenerativeModel, record: dict[str, Any], *,
                      n: int, seed: int, data_dir: str | None, which: str,
                      feature_net: str | None, iwae_k: int, real: str | None,
-                     command: str | None) -> dict[str, Any]:
-        points = self.generate(model, GenerationRequest(n=n, seed=seed)).points
+                     command: str | None, sample_options: dict[str, Any]) -> dict[str, Any]:
+        points = self.generate(model, GenerationRequest(n=n, seed=seed,
+                                                        options=sample_options)).points
         return {"mean": points.mean(0).tolist(), "provenance": {"step": model.checkpoint_step}}
 
     def format_report(self, report: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ set, determinism, exact resume and the errors a user can meet."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -319,6 +320,33 @@ def test_cli_sample_precision(train_tiny, run_cli, digits_spec: str, tmp_path: P
     assert np.abs(fp32 - bf16).mean() < 8  # grey levels out of 255: the same images
     code, _, err = run_cli("sample", run, "--precision", "fp16", "--out", tmp_path / "x.png")
     assert code == 2 and "Traceback" not in err
+
+
+def test_cli_eval_sampling_flags(train_tiny, run_cli, digits_spec: str, tmp_path: Path,
+                                 tiny_run: Path) -> None:
+    """`genlab eval` samples with the flags `genlab sample` takes, and records them; a sampler
+    that does not fit, or a flag the family lacks, exits 2 before any sampling."""
+    run = train_tiny(tmp_path / "run", "diffusion", steps=2, overrides=TINY, data=digits_spec)
+
+    def fd(*flags: str) -> tuple[float, dict]:
+        code, out, err = run_cli("eval", run, "--n", "16", "--real", "digits", "--json", *flags)
+        assert code == 0, err
+        report = json.loads(out)
+        return report["fd"], report["provenance"]["sampling"]
+
+    two, sampling = fd("--sample-steps", "2", "--sampler", "heun", "--precision", "bf16")
+    assert sampling == {"sample_steps": 2, "sampler": "heun", "precision": "bf16"}
+    assert fd("--sample-steps", "2", "--sampler", "heun", "--precision", "bf16")[0] == two
+    assert fd("--sample-steps", "3", "--sampler", "heun", "--precision", "bf16")[0] != two
+    assert fd()[1] == {"precision": "fp32"}
+    code, _, err = run_cli("eval", run, "--n", "16", "--real", "digits", "--sampler", "ddim")
+    assert code == 2 and "does not fit" in err and "Traceback" not in err
+    code, _, err = run_cli("eval", tiny_run, "--n", "16", "--real", "digits", "--guidance", "1")
+    assert code == 2 and "--guidance is not a sampling option of dcgan" in err
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 8, 8), np.uint8))
+    code, _, err = run_cli("eval", "--fake", tmp_path / "x.npz", "--real", "digits",
+                           "--sample-steps", "3")
+    assert code == 2 and "--sample-steps sets how a run samples" in err
 
 
 # --- exact resume through the real training path (the preset's warm-up and EMA) ----------------

@@ -18,13 +18,17 @@ from typing import Any
 import torch
 
 from genlab.checkpoint import atomic_write_text
-from genlab.generation import GenerationRequest
+from genlab.devices import resolve_precision
+from genlab.generation import GenerationRequest, check_options
+from genlab.log import get_logger
 from genlab.modalities import Samples, get_modality
 from genlab.modalities import generate as generate_samples
 from genlab.models import GenerativeModel
 from genlab.rundir import METRICS_FILE, load_model, read_metrics, read_run
 from genlab.runs import TrainRequest
 from genlab.runs import train as run_training
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -115,19 +119,29 @@ def evaluate(run_dir: str | os.PathLike | Run, *, n: int = 10000, seed: int = 0,
              data_dir: str | os.PathLike | None = None, which: str = "checkpoint",
              device: str | torch.device = "auto", feature_net: str | None = None,
              iwae_k: int = 100, real: str | None = None,
+             sample_options: dict[str, Any] | None = None, precision: str = "fp32",
              command: str | None = None) -> dict[str, Any]:
     """Score a run (`genlab eval RUN --json`): the report its modality computes, also written to
     `eval.json` (`eval_best.json` for which="best") in the run folder. `real`: compare with this
-    DATASET[:split] instead of the run's own data (for runs on idx: or folder: data)."""
+    DATASET[:split] instead of the run's own data (for runs on idx: or folder: data).
+    `sample_options`: the family's sampling options (a diffusion model's sampler, sample_steps,
+    guidance; default: its defaults); `precision`: fp32, bf16 (autocast) or auto."""
     run_dir = run_dir.dir if isinstance(run_dir, Run) else Path(run_dir)
     record = read_run(run_dir)
     model = load_model(run_dir, which=which, device=device)
+    options = dict(sample_options or {})
+    check_options(model, options)
+    precision, note = resolve_precision(precision, model.device)
+    if note and note.startswith("warning"):
+        log.warning(note)
+    model.set_precision(precision, model.device.type)
     data_dir = data_dir if data_dir is not None else record.get("data_dir")
     report = get_modality(model.modality).evaluate_run(
         run_dir, model, record, n=n, seed=seed, data_dir=None if data_dir is None else
         str(data_dir), which=which, feature_net=feature_net, iwae_k=iwae_k, real=real,
-        command=command)
+        command=command, sample_options=options)
     report["provenance"]["modality"] = model.modality
+    report["provenance"]["sampling"] = {**options, "precision": precision}
     name = "eval.json" if which == "checkpoint" else f"eval_{which}.json"
     atomic_write_text(run_dir / name, json.dumps(report, indent=1) + "\n")
     return report

@@ -264,16 +264,19 @@ def native_size(net: FeatureNet, images: torch.Tensor, notes: list[str], log: Lo
 # --- genlab eval RUN_DIR --------------------------------------------------------------------------
 
 def sample_images(model: Any, n: int, seed: int,
-                  convert: Callable[[torch.Tensor], torch.Tensor] = to_uint8
+                  convert: Callable[[torch.Tensor], torch.Tensor] = to_uint8,
+                  options: dict[str, Any] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`n` samples as uint8 CPU images (or as `convert` makes each chunk of `model.sample`'s
-    output); a conditional model gets balanced labels 0..K-1."""
+    output); a conditional model gets balanced labels 0..K-1; `options` go to `model.sample`
+    (a diffusion model's sampler, sample_steps, guidance; names checked by the caller)."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     k = model.num_classes
     labels = torch.arange(n, device=model.device) % k if k else None
     chunks = []
     for start in range(0, n, SAMPLE_BATCH):
         kw = {"labels": labels[start:start + SAMPLE_BATCH]} if labels is not None else {}
+        kw |= options or {}
         chunks.append(convert(model.sample(min(SAMPLE_BATCH, n - start), generator=generator,
                                            **kw)))
     return torch.cat(chunks), labels.cpu() if labels is not None else None
@@ -283,6 +286,7 @@ def evaluate_images(model: GenerativeModel, dataset: str, *, run_dir: str | os.P
                     n: int = 10000, seed: int = 0, data_dir: str | os.PathLike | None = None,
                     iwae_k: int = 100, which: str = "checkpoint", feature_net: str | None = None,
                     real: str | None = None, command: str | None = None,
+                    sample_options: dict[str, Any] | None = None,
                     log: Log = _log) -> dict[str, Any]:
     """Sample `n` images from a run's model and compare them with its dataset's held-out images,
     or with `real` (DATASET[:split]) for a run whose own data has no feature net (idx:, folder:);
@@ -313,7 +317,7 @@ def evaluate_images(model: GenerativeModel, dataset: str, *, run_dir: str | os.P
         report["n"] = n = _cap(n, len(reference.images), reference.label(), report, log)
         t0 = time.perf_counter()
         log(f"sampling {n} images from {run_dir} (seed {seed})")
-        images, labels = sample_images(model, n, seed)
+        images, labels = sample_images(model, n, seed, options=sample_options)
         report["provenance"]["sample_seconds"] = round(time.perf_counter() - t0, 3)
         images = native_size(net, images, report["notes"], log)
         compare(net, images, labels, reference, n=n, seed=seed, data_dir=data_dir,

@@ -104,12 +104,17 @@ def check_request(model: GenerativeModel, request: GenerationRequest, *,
             given.append("use_cache")
         if given:
             raise RequestError(given[0], f"is a text option, and {model.name} makes images")
-    unknown = sorted(set(r.options) - set(model.sample_options))
+    check_options(model, r.options)
+    return r
+
+
+def check_options(model: GenerativeModel, options: dict[str, Any]) -> None:
+    """Every name in `options` is one of the family's `sample_options`, else `RequestError`."""
+    unknown = sorted(set(options) - set(model.sample_options))
     if unknown:
         allowed = ", ".join(model.sample_options) or "none"
         raise RequestError(unknown[0], f"is not a sampling option of {model.name} (it has: "
                                        f"{allowed})")
-    return r
 
 
 def balanced_labels(n: int, num_classes: int) -> list[int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from genlab.cli.app import cli, command_line
+from genlab.cli.app import cli, command_line, sampling_options, sampling_request
 from genlab.errors import UserError
 from genlab.limits import SEED
 
@@ -18,6 +18,7 @@ Examples:
   genlab eval --fake samples.npz --real fashion-mnist    # any tool's images (npz or PNG folder)
   genlab eval --fake pngs/ --real mnist:test --n 2000
   genlab eval runs/mine --real fashion-mnist             # a run trained on idx: copies of it
+  genlab eval runs/diffusion --sample-steps 25 --precision auto
 """
 
 
@@ -42,9 +43,11 @@ Examples:
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--feature-net", help="A feature net file of your own (genlab featurenet train).")
+@sampling_options
 def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir: str | None,
                  fake: str | None, real: str | None, iwae_k: int, which: str, device: str,
-                 feature_net: str | None) -> None:
+                 feature_net: str | None, sampler: str | None, sample_steps: int | None,
+                 guidance: float | None, precision: str) -> None:
     """Score a run's samples (or --fake images) against held-out real images.
 
     Reports FD, KID, precision/recall, density/coverage (and class accuracy for conditional
@@ -58,6 +61,10 @@ def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir
 
     if (run_dir is None) == (fake is None):
         raise UserError("give either a RUN_DIR or --fake FILE --real DATASET")
+    options = sampling_request(sampler, sample_steps, guidance)
+    if fake is not None and (options or precision != "fp32"):
+        flag = next(iter(options), "precision").replace("_", "-")
+        raise UserError(f"--{flag} sets how a run samples; --fake images are already drawn")
     if fake is not None:
         if real is None:
             raise UserError("--fake needs --real DATASET[:split], e.g. --real fashion-mnist")
@@ -66,7 +73,7 @@ def eval_command(run_dir: str | None, n: int, seed: int, as_json: bool, data_dir
     else:
         report = evaluate(run_dir, n=n, seed=seed, data_dir=data_dir, iwae_k=iwae_k,
                           which=which, device=device, feature_net=feature_net, real=real,
-                          command=command_line())
+                          sample_options=options, precision=precision, command=command_line())
     if as_json:
         click.echo(json.dumps(report))
     elif fake is not None:

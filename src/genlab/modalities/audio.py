@@ -251,12 +251,12 @@ class AudioModality(Modality):
     def generate(self, model: GenerativeModel, request: GenerationRequest) -> AudioSamples:
         return generate_audio(model, request)
 
-    def sample_waves(self, model: GenerativeModel, n: int,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sample_waves(self, model: GenerativeModel, n: int, seed: int,
+                     options: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`n` generated clips, float `(N, clip_samples)`, and their labels (balanced classes
-        for a conditional model): what evaluation scores. Here: spectrograms, then Griffin-Lim
-        from phases drawn from `seed`."""
-        images, labels = evaluation.sample_images(model, n, seed)
+        for a conditional model): what evaluation scores; `options` go to `model.sample`. Here:
+        spectrograms, then Griffin-Lim from phases drawn from `seed`."""
+        images, labels = evaluation.sample_images(model, n, seed, options=options)
         return to_waveforms(to_spectrograms(images), seed), labels
 
     def write_training_samples(self, model: GenerativeModel, run_dir: Path, step: int,
@@ -301,7 +301,7 @@ class AudioModality(Modality):
     def evaluate_run(self, run_dir: Path, model: GenerativeModel, record: dict[str, Any], *,
                      n: int, seed: int, data_dir: str | None, which: str,
                      feature_net: str | None, iwae_k: int, real: str | None,
-                     command: str | None) -> dict[str, Any]:
+                     command: str | None, sample_options: dict[str, Any]) -> dict[str, Any]:
         """The image report's keys (docs/evaluation.md) for the generated *sound*, against the
         held-out clips of the feature net's data; plus `sanity` rows (white noise and silence
         scored the same way) and, for models with a likelihood, that of test spectrograms."""
@@ -333,7 +333,7 @@ class AudioModality(Modality):
                                           log)
         t0 = time.perf_counter()
         log(f"sampling {n} clips from {run_dir} (seed {seed}), {self.to_sound}")
-        waves, labels = self.sample_waves(model, n, seed)
+        waves, labels = self.sample_waves(model, n, seed, sample_options)
         fake = heard(waves)
         report["provenance"]["sample_seconds"] = round(time.perf_counter() - t0, 3)
         evaluation.compare(net, fake, labels, reference, n=n, seed=seed, data_dir=data_dir,

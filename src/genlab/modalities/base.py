@@ -125,9 +125,10 @@ class Modality(abc.ABC):
     def evaluate_run(self, run_dir: Path, model: GenerativeModel, record: dict[str, Any], *,
                      n: int, seed: int, data_dir: str | None, which: str,
                      feature_net: str | None, iwae_k: int, real: str | None,
-                     command: str | None) -> dict[str, Any]:
+                     command: str | None, sample_options: dict[str, Any]) -> dict[str, Any]:
         """`genlab eval RUN`: the report (the keys of docs/evaluation.md for this modality);
-        `real` names other data to compare with (DATASET[:split]) where the modality has that."""
+        `real` names other data to compare with (DATASET[:split]) where the modality has that;
+        `sample_options` (names already checked against the family's) go to `model.sample`."""
 
     @abc.abstractmethod
     def format_report(self, report: dict[str, Any]) -> str:

@@ -194,11 +194,12 @@ class ImageModality(Modality):
     def evaluate_run(self, run_dir: Path, model: GenerativeModel, record: dict[str, Any], *,
                      n: int, seed: int, data_dir: str | None, which: str,
                      feature_net: str | None, iwae_k: int, real: str | None,
-                     command: str | None) -> dict[str, Any]:
+                     command: str | None, sample_options: dict[str, Any]) -> dict[str, Any]:
         dataset = record.get("data_info", {}).get("name") or record["data"]
         return evaluation.evaluate_images(model, dataset, run_dir=run_dir, n=n, seed=seed,
                                           data_dir=data_dir, which=which, iwae_k=iwae_k,
-                                          feature_net=feature_net, real=real, command=command)
+                                          feature_net=feature_net, real=real, command=command,
+                                          sample_options=sample_options)
 
     def format_report(self, report: dict[str, Any]) -> str:
         return evaluation.format_report(report)

@@ -117,10 +117,10 @@ class WaveformModality(AudioModality):
                                            labels.cpu() if labels is not None else None, nrow,
                                            seed=r.seed)
 
-    def sample_waves(self, model: GenerativeModel, n: int,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sample_waves(self, model: GenerativeModel, n: int, seed: int,
+                     options: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`n` clips and their labels, drawn as `evaluation.sample_images` draws images."""
-        return evaluation.sample_images(model, n, seed, convert=self._clips)
+        return evaluation.sample_images(model, n, seed, convert=self._clips, options=options)
 
     @staticmethod
     def _clips(waves: torch.Tensor) -> torch.Tensor:
