@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from genlab.checkpoint import atomic_write_text
-from genlab.devices import resolve_precision
+from genlab.devices import sampling_precision
 from genlab.generation import GenerationRequest, check_options
 from genlab.log import get_logger
 from genlab.modalities import Samples, get_modality
@@ -131,10 +131,7 @@ def evaluate(run_dir: str | os.PathLike | Run, *, n: int = 10000, seed: int = 0,
     model = load_model(run_dir, which=which, device=device)
     options = dict(sample_options or {})
     check_options(model, options)
-    precision, note = resolve_precision(precision, model.device)
-    if note and note.startswith("warning"):
-        log.warning(note)
-    model.set_precision(precision, model.device.type)
+    precision = sampling_precision(model, precision, log.warning)
     data_dir = data_dir if data_dir is not None else record.get("data_dir")
     report = get_modality(model.modality).evaluate_run(
         run_dir, model, record, n=n, seed=seed, data_dir=None if data_dir is None else

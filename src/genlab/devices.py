@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,3 +64,14 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
         return precision, (f"warning: --precision bf16 on a {where} without native bf16 is "
                            "emulated and can be 10x slower than fp32; use --precision auto")
     return precision, None
+
+
+def sampling_precision(model: Any, precision: str, warn: Callable[[str], None]) -> str:
+    """Set `precision` (fp32, bf16 or auto) on a loaded model for sampling, as `sample`, `eval`
+    and `utility` ask for it; a warning (bf16 emulated on this device) goes to `warn`. Returns
+    the precision used."""
+    chosen, note = resolve_precision(precision, model.device)
+    if note and note.startswith("warning"):
+        warn(note)
+    model.set_precision(chosen, model.device.type)
+    return chosen

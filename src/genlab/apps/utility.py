@@ -290,7 +290,7 @@ def generator_source(model: Any, real: ImageData, options: dict[str, Any] | None
             m = min(GENERATE_CHUNK, n - start)
             wanted = [(start + j) % k for j in range(m)]
             samples = generate(model, GenerationRequest(n=m, seed=derive_seed(seed, i),
-                                                        label=wanted, options=dict(options or {})))
+                                                        label=wanted, options=options or {}))
             images.append(resize_images(samples.images, side))
             labels.append(samples.labels.long())
         return torch.cat(images), torch.cat(labels)
@@ -340,7 +340,7 @@ def recipe(plan: Plan, steps: int) -> dict[str, Any]:
 def run_utility(req: UtilityRequest) -> dict[str, Any]:
     """Train every arm for every classifier seed; return the report (written to `req.out`, or
     the run folder, as utility.json and utility.md)."""
-    from genlab.devices import resolve_precision
+    from genlab.devices import sampling_precision
     from genlab.rundir import checkpoint_path, load_model, read_run
 
     t0 = time.perf_counter()
@@ -403,10 +403,7 @@ def run_utility(req: UtilityRequest) -> dict[str, Any]:
                                   "leakage": leakage}
     for run, run_record, setup in zip(runs, records, setups, strict=False):
         model = load_model(run, which=req.which, device=req.device)
-        precision, note = resolve_precision(req.precision, model.device)
-        if note and note.startswith("warning"):
-            log.warning(note)
-        model.set_precision(precision, model.device.type)
+        precision = sampling_precision(model, req.precision, log.warning)
         manifest = checkpoint_path(run, req.which) / "manifest.json"
         setup["generator"] = {
             "run": str(run), "model": run_record.get("model"), "which": req.which,

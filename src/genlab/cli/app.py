@@ -44,12 +44,10 @@ def command_line() -> str:
     return shlex.join(["genlab", *args])
 
 
-
-
 def sampling_options(f: F) -> F:
     """--sampler, --sample-steps, --guidance and --precision: how a diffusion model samples,
-    shared by `genlab sample` and `genlab utility`; `sampling_request` turns them into the
-    request's options."""
+    shared by `genlab sample`, `genlab eval` and `genlab utility`; `sampling_request` turns them
+    into the request's options."""
     from genlab.limits import FiniteFloat
 
     for option in reversed((

@@ -189,16 +189,13 @@ def sample(run_dir: str, n: int | None, out: str | None, seed: int, label: int |
            sampler: str | None, sample_steps: int | None, guidance: float | None,
            precision: str) -> None:
     """Draw N samples from a trained run (EMA weights for GANs; text streams to stdout)."""
-    from genlab.devices import resolve_precision
+    from genlab.devices import sampling_precision
     from genlab.generation import GenerationRequest
     from genlab.modalities import get_modality
     from genlab.rundir import load_model
 
     model = load_model(run_dir, which=which, device=device)
-    precision, note = resolve_precision(precision, model.device)
-    if note and note.startswith("warning"):
-        click.echo(f"genlab: {note}", err=True)
-    model.set_precision(precision, model.device.type)
+    sampling_precision(model, precision, lambda note: click.echo(f"genlab: {note}", err=True))
     request = GenerationRequest(n=n, seed=seed, label=label, prompt=prompt,
                                 max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, use_cache=not no_cache,
