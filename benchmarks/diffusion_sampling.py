@@ -11,6 +11,7 @@ the samplers of that trained run instead. The cost is linear in the number of ne
     OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --size tiny
     OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --size preset --n 50 --steps 10,25
     OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --run runs/diffusion --n 100
+    OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --size preset --n 100 --precision auto
 
 Prints one JSON object per line (sampler, steps, n, seconds, seconds per sample, network calls)
 and a table at the end. Timings are of whatever else runs on the machine too: compare rows of
@@ -28,6 +29,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from genlab.devices import sampling_precision
 from genlab.models.diffusion import Diffusion, DiffusionConfig
 
 
@@ -73,6 +75,8 @@ def main() -> None:
     parser.add_argument("--steps", default="10,25,50,100,250")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="forward passes as `genlab sample --precision` runs them")
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
 
@@ -84,6 +88,9 @@ def main() -> None:
     else:
         models = {objective: _train(_config(args.size, objective), args.train_steps, args.seed)
                   for objective in ("v", "flow")}
+    precision = ""
+    for model in models.values():
+        precision = sampling_precision(model, args.precision, print)
     plans = []
     for objective, model in models.items():
         if objective == "flow":
@@ -106,7 +113,8 @@ def main() -> None:
                    "n": args.n, "seconds": round(seconds, 4),
                    "seconds_per_sample": seconds / args.n,
                    "seconds_per_10k": round(seconds / args.n * 10_000, 1),
-                   "threads": torch.get_num_threads(), "size": args.run or args.size}
+                   "threads": torch.get_num_threads(), "precision": precision,
+                   "size": args.run or args.size}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{'sampler':<10} {'steps':>5} {'calls':>5} {'s/sample':>10} {'s/10k':>10}")
