@@ -12,6 +12,7 @@ the samplers of that trained run instead. The cost is linear in the number of ne
     OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --size preset --n 50 --steps 10,25
     OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --run runs/diffusion --n 100
     OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --size preset --n 100 --precision auto
+    OMP_NUM_THREADS=1 python benchmarks/diffusion_sampling.py --run RUN --chunks 32,250 --n 250 --steps 5
 
 Prints one JSON object per line (sampler, steps, n, seconds, seconds per sample, network calls)
 and a table at the end. Timings are of whatever else runs on the machine too: compare rows of
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 import tomllib
 from importlib import resources
@@ -77,6 +79,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                         help="forward passes as `genlab sample --precision` runs them")
+    parser.add_argument("--chunks", help="instead: time the default sampler at these images per "
+                        "network call (e.g. 32,250), user and system CPU seconds, --n images")
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
 
@@ -91,6 +95,8 @@ def main() -> None:
     precision = ""
     for model in models.values():
         precision = sampling_precision(model, args.precision, print)
+    if args.chunks:
+        return time_chunks(next(iter(models.values())), args, steps_list[0])
     plans = []
     for objective, model in models.items():
         if objective == "flow":
@@ -121,6 +127,34 @@ def main() -> None:
     for row in rows:
         print(f"{row['sampler']:<10} {row['steps']:>5} {row['network_calls']:>5} "
               f"{row['seconds_per_sample']:>10.5f} {row['seconds_per_10k']:>10.1f}")
+
+
+def time_chunks(model: Diffusion, args: argparse.Namespace, steps: int) -> None:
+    """The same --n images in chunks of each size: user and system CPU seconds (page faults of
+    large fresh activations show as system time) and the ratio to the first size."""
+    rows = []
+    for chunk in [int(c) for c in args.chunks.split(",")]:
+        for r in range(args.repeat + 1):  # round 0 warms the allocator up, not counted
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            start = time.perf_counter()
+            model.sample(args.n, generator=torch.Generator().manual_seed(args.seed),
+                         sample_steps=steps, batch_size=chunk)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            if r:
+                user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+                rows.append({"chunk": chunk, "n": args.n, "steps": steps, "round": r,
+                             "wall_s": round(time.perf_counter() - start, 2),
+                             "user_s": round(user, 2), "system_s": round(system, 2),
+                             "cpu_ms_per_call_per_sample": round(
+                                 1000 * (user + system) / args.n / steps, 2),
+                             "minor_faults": after.ru_minflt - before.ru_minflt})
+                print(json.dumps(rows[-1]), flush=True)
+    best = {c: min(r["cpu_ms_per_call_per_sample"] for r in rows if r["chunk"] == c)
+            for c in dict.fromkeys(r["chunk"] for r in rows)}
+    first = next(iter(best.values()))
+    for chunk, ms in best.items():
+        print(f"chunk {chunk:>5}: {ms:.2f} CPU ms per network call per image "
+              f"({ms / first:.2f}x chunk {next(iter(best))})")
 
 
 if __name__ == "__main__":
