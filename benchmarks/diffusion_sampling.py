@@ -151,10 +151,10 @@ def time_chunks(model: Diffusion, args: argparse.Namespace, steps: int) -> None:
                 print(json.dumps(rows[-1]), flush=True)
     best = {c: min(r["cpu_ms_per_call_per_sample"] for r in rows if r["chunk"] == c)
             for c in dict.fromkeys(r["chunk"] for r in rows)}
-    first = next(iter(best.values()))
+    base, base_ms = next(iter(best.items()))
     for chunk, ms in best.items():
         print(f"chunk {chunk:>5}: {ms:.2f} CPU ms per network call per image "
-              f"({ms / first:.2f}x chunk {next(iter(best))})")
+              f"({ms / base_ms:.2f}x chunk {base})")
 
 
 if __name__ == "__main__":

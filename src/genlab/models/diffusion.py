@@ -58,8 +58,8 @@ from genlab.models.layers import ema_update
 MAX_TIMESTEPS = 100_000
 # Images per network call when sampling. On a CPU, chunks of 250 spend a third of their time in
 # the kernel: each step's activations (25 MB and more) are fresh mmap'd pages, faulted in and
-# zeroed again. Chunks of 32 stay in reused heap memory and cache: 9.0 against 11.6 ms per
-# image per call for the preset U-Net (docs/diffusion.md, "Sampling cost").
+# zeroed again. Chunks of 32 stay in reused heap memory and cache: 8.8 and 7.5 against 11.3 ms
+# of CPU per image per call in two runs (docs/diffusion.md, "Chunks of 32 images on a CPU").
 SAMPLE_CHUNK = {"cpu": 32}
 SAMPLE_CHUNK_DEFAULT = 250
 
