@@ -15,6 +15,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -122,6 +123,24 @@ def check_finite_fields(config: Any, prefix: str) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{prefix}.{f.name} must be a finite number, got {value!r}")
+
+
+def check_image_fields(config: Any, prefix: str, *, partial: bool) -> None:
+    """`channels` and `image_size` of an image model's config: 0 means "fill in from the data", so
+    they must be >= 0 before the data is read (`partial`) and > 0 after."""
+    if not partial and (config.channels <= 0 or config.image_size <= 0):
+        raise UserError(f"{prefix}.channels and {prefix}.image_size must be > 0 (set from the data)")
+    if config.channels < 0 or config.image_size < 0:
+        raise UserError(f"{prefix}.channels and {prefix}.image_size must be >= 0 (0 = from the data)")
+
+
+def check_at_least(config: Any, prefix: str, names: Iterable[str], bound: float = 1) -> None:
+    """Lower bounds of a model config's fields (layer widths and counts): a `UserError` names the
+    first one below `bound`."""
+    for name in names:
+        value = getattr(config, name)
+        if value < bound:
+            raise UserError(f"{prefix}.{name} must be >= {bound:g}, got {value!r}")
 
 
 def check_at_most(config: Any, prefix: str, bounds: dict[str, float]) -> None:

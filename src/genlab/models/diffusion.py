@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import TrainConfig, check_at_most, check_finite_fields
+from genlab.config import (
+    TrainConfig,
+    check_at_least,
+    check_at_most,
+    check_finite_fields,
+    check_image_fields,
+)
 from genlab.errors import UserError
 from genlab.limits import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_WIDTH
 from genlab.models.base import (
@@ -96,15 +102,9 @@ class DiffusionConfig:
 
     def validate(self, *, partial: bool = False) -> None:
         check_finite_fields(self, "model")
-        if not partial and (self.channels <= 0 or self.image_size <= 0):
-            raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
-        if self.channels < 0 or self.image_size < 0 or self.num_classes < 0:
-            raise UserError("model.channels, image_size and num_classes must be >= 0")
-        for name in ("timesteps", "width", "heads"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.res_blocks < 1:
-            raise UserError(f"model.res_blocks must be >= 1, got {self.res_blocks}")
+        check_image_fields(self, "model", partial=partial)
+        check_at_least(self, "model", ("num_classes",), 0)
+        check_at_least(self, "model", ("timesteps", "width", "heads", "res_blocks"))
         mults = self.mults
         if len(mults) > 8:
             raise UserError("model.channel_mults may name at most 8 resolutions")

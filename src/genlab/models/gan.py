@@ -19,7 +19,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from genlab.config import TrainConfig, check_at_most, check_finite_fields
+from genlab.config import (
+    TrainConfig,
+    check_at_least,
+    check_at_most,
+    check_finite_fields,
+    check_image_fields,
+)
 from genlab.errors import UserError
 from genlab.limits import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LOSS_WEIGHT, MAX_WIDTH
 from genlab.models.base import (
@@ -56,20 +62,13 @@ class GANConfig:
         """Every rule; `partial`: only those that do not need the data (checked before any data
         is read; the data-derived fields are still 0 then)."""
         check_finite_fields(self, "model")
-        if not partial and (self.channels <= 0 or self.image_size <= 0):
-            raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
-        if self.channels < 0 or self.image_size < 0:
-            raise UserError("model.channels and model.image_size must be >= 0 (0 = from the data)")
+        check_image_fields(self, "model", partial=partial)
         if self.loss == "wgan-gp" and self.d_norm == "batch":
             raise UserError("model.d_norm=batch cannot be used with model.loss=wgan-gp: the gradient "
                             "penalty is per example; use d_norm=layer or none")
-        if self.d_steps < 1:
-            raise UserError(f"model.d_steps must be >= 1, got {self.d_steps}")
-        if self.gp_weight < 0:
-            raise UserError(f"model.gp_weight must be >= 0, got {self.gp_weight}")
-        for name in self.widths:
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least(self, "model", ("d_steps",))
+        check_at_least(self, "model", ("gp_weight",), 0)
+        check_at_least(self, "model", self.widths)
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
         check_at_most(self, "model", {

@@ -51,7 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import TrainConfig, check_at_most, check_finite_fields
+from genlab.config import (
+    TrainConfig,
+    check_at_least,
+    check_at_most,
+    check_finite_fields,
+    check_image_fields,
+)
 from genlab.errors import UserError
 from genlab.limits import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_WIDTH
 from genlab.models.base import (
@@ -88,13 +94,8 @@ class MERFConfig:
     def validate(self, *, partial: bool = False) -> None:
         """Every rule; `partial`: only those that need no data."""
         check_finite_fields(self, "model")
-        if not partial and (self.channels <= 0 or self.image_size <= 0):
-            raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
-        if self.channels < 0 or self.image_size < 0:
-            raise UserError("model.channels and model.image_size must be >= 0 (0 = from the data)")
-        for name in ("nz", "hidden", "ngf"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        check_image_fields(self, "model", partial=partial)
+        check_at_least(self, "model", ("nz", "hidden", "ngf"))
         if self.features < 2 or self.features % 2:
             raise UserError(f"model.features must be an even number >= 2 (D / 2 frequencies, "
                             f"each a cosine and a sine), got {self.features}")

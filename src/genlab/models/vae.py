@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import check_at_most, check_finite_fields
+from genlab.config import check_at_least, check_at_most, check_finite_fields, check_image_fields
 from genlab.errors import UserError
 from genlab.limits import (
     MAX_CHANNELS,
@@ -73,13 +73,8 @@ class VAEConfig:
         """Every rule; `partial`: only those that do not need the data (checked before any data
         is read; the data-derived fields are still 0 then)."""
         check_finite_fields(self, "model")
-        if not partial and (self.channels <= 0 or self.image_size <= 0):
-            raise UserError("model.channels and model.image_size must be > 0 (set from the data)")
-        if self.channels < 0 or self.image_size < 0:
-            raise UserError("model.channels and model.image_size must be >= 0 (0 = from the data)")
-        for name in self.widths:
-            if getattr(self, name) <= 0:
-                raise UserError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        check_image_fields(self, "model", partial=partial)
+        check_at_least(self, "model", self.widths)
         if self.beta < 0:
             raise UserError(f"model.beta must be >= 0, got {self.beta}")
         if self.kl_warmup_steps < 0:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import TrainConfig, check_at_most, check_finite_fields
+from genlab.config import TrainConfig, check_at_least, check_at_most, check_finite_fields
 from genlab.errors import UserError
 from genlab.limits import MAX_CLASSES, MAX_LOSS_WEIGHT, MAX_WIDTH
 from genlab.models.base import (
@@ -69,18 +69,11 @@ class WaveGANConfig:
         if self.length < 0 or (not partial and self.length == 0):
             raise UserError(f"model.length must be > 0 samples (0 = from the data), got "
                             f"{self.length}")
-        for name in ("nz", "d"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.phase_shuffle < 0:
-            raise UserError(f"model.phase_shuffle must be >= 0, got {self.phase_shuffle}")
+        check_at_least(self, "model", ("nz", "d", "d_steps"))
+        check_at_least(self, "model", ("phase_shuffle", "gp_weight"), 0)
         if self.loss == "wgan-gp" and self.d_norm == "batch":
             raise UserError("model.d_norm=batch cannot be used with model.loss=wgan-gp: the "
                             "gradient penalty is per example; use d_norm=layer or none")
-        if self.d_steps < 1:
-            raise UserError(f"model.d_steps must be >= 1, got {self.d_steps}")
-        if self.gp_weight < 0:
-            raise UserError(f"model.gp_weight must be >= 0, got {self.gp_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
         # the widest layer has 16 d channels
